@@ -1,0 +1,10 @@
+"""The CRM KPI stream processor: worker, exporter and command line (SPEC §1).
+
+Public surface: the settings, the KPI registry, and the entry points. Everything
+else in the package is internal.
+"""
+
+from stream.config import Settings, SettingsError, load_settings
+from stream.kpis import METRICS, Metric
+
+__all__ = ["METRICS", "Metric", "Settings", "SettingsError", "load_settings"]

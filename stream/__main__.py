@@ -1,0 +1,5 @@
+"""`python -m stream` is `crm-kpi`."""
+
+from stream.cli import main
+
+main()

@@ -1,0 +1,84 @@
+-- Apply one batch atomically (SPEC §6): check, then write; never half of it.
+-- KEYS[1]: the offsets hash. ARGV is a flat list read front to back (see store.py).
+-- Every check runs before the first write, so a refused batch changes nothing.
+local argv, i = ARGV, 0
+local function nxt() i = i + 1; return argv[i] end
+local function num() i = i + 1; return tonumber(argv[i]) end
+
+-- 1. Offset fence: each partition's stored next-offset must be what the worker expects.
+local n_off = num()
+local offsets = {}
+for _ = 1, n_off do
+  local field, expected, new = nxt(), nxt(), nxt()
+  local cur = redis.call('HGET', KEYS[1], field) or '-1'
+  if cur ~= expected then return {'offset', field, cur} end
+  offsets[#offsets + 1] = field; offsets[#offsets + 1] = new
+end
+
+-- 2. Dedupe: no id may have been recorded since the worker looked.
+local dd_key, dd_expire_at = nxt(), num()
+local n_slots = num()
+local slots = {}
+for j = 1, n_slots do slots[j] = nxt() end
+local n_ids = num()
+local ids_from = i + 1
+i = i + n_ids
+local CHUNK = 4000
+for _, slot in ipairs(slots) do
+  for from = ids_from, ids_from + n_ids - 1, CHUNK do
+    local to = math.min(from + CHUNK - 1, ids_from + n_ids - 1)
+    local seen = redis.call('SMISMEMBER', slot, unpack(argv, from, to))
+    for j = 1, #seen do
+      if seen[j] == 1 then return {'duplicate', argv[from + j - 1]} end
+    end
+  end
+end
+
+-- 3. Entity states: each must still hold what the worker read.
+local n_ent = num()
+local ent_from = i + 1
+for _ = 1, n_ent do
+  local key, old = nxt(), nxt()
+  i = i + 1 -- new value, written below
+  local cur = redis.call('GET', key) or ''
+  if cur ~= old then return {'entity', key} end
+end
+local ent_ttl_ms = num()
+
+-- All checks passed: write.
+for from = ids_from, ids_from + n_ids - 1, CHUNK do
+  local to = math.min(from + CHUNK - 1, ids_from + n_ids - 1)
+  redis.call('SADD', dd_key, unpack(argv, from, to))
+end
+if n_ids > 0 then redis.call('EXPIREAT', dd_key, dd_expire_at) end
+
+for j = 0, n_ent - 1 do
+  local at = ent_from + 3 * j
+  redis.call('SET', argv[at], argv[at + 2], 'PX', ent_ttl_ms)
+end
+
+local n_buckets = num()
+for _ = 1, n_buckets do
+  local key, expire_at, n_fields = nxt(), nxt(), num()
+  for _ = 1, n_fields do
+    redis.call('HINCRBY', key, nxt(), nxt())
+  end
+  redis.call('EXPIREAT', key, expire_at)
+end
+
+local cur_key, n_counters = nxt(), num()
+for _ = 1, n_counters do redis.call('HINCRBY', cur_key, nxt(), nxt()) end
+
+local n_zadd = num()
+for _ = 1, n_zadd do
+  local key, member, score = nxt(), nxt(), nxt()
+  redis.call('ZADD', key, score, member)
+end
+local n_zrem = num()
+for _ = 1, n_zrem do redis.call('ZREM', nxt(), nxt()) end
+-- Current-state sets forget members older than the state TTL (bounded memory).
+local n_prune = num()
+for _ = 1, n_prune do redis.call('ZREMRANGEBYSCORE', nxt(), '-inf', '(' .. nxt()) end
+
+if #offsets > 0 then redis.call('HSET', KEYS[1], unpack(offsets)) end
+return {'ok'}

@@ -1,0 +1,193 @@
+"""Redis I/O: the batch read, the atomic batch write, and the exporter's read.
+
+Each batch costs two round trips whatever its size: one pipelined read
+(dedupe look-up and entity states) and one Lua call that re-checks and writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from stream.aggregate import BatchDelta
+from stream.keys import Keys
+from stream.kpis import Current, Totals, ZStat, zset_queries
+from stream.windows import Window
+
+__all__ = [
+    "ApplyOutcome",
+    "AsyncStore",
+    "Snapshot",
+    "dedupe_slots",
+    "event_digest",
+    "read_snapshot",
+]
+
+# The dedupe horizon is cut into this many processing-time slots: memory is
+# bounded by horizon × (1 + 1/SLOTS) of event ids.
+_DEDUPE_SLOTS = 8
+
+
+def _script(name: str) -> str:
+    return resources.files("stream").joinpath(f"lua/{name}").read_text()
+
+
+def event_digest(event_id: str) -> bytes:
+    """16-byte digest of an event id: what the dedupe sets store (fixed size, ~56 B/id)."""
+    return hashlib.blake2b(event_id.encode(), digest_size=16).digest()
+
+
+def dedupe_slots(now_s: float, horizon_s: float) -> tuple[int, list[int], int]:
+    """(slot to add to, live slots to check, expiry of the current slot in unix s)."""
+    width = horizon_s / _DEDUPE_SLOTS
+    current = math.floor(now_s / width)
+    first = math.floor((now_s - horizon_s) / width)
+    return current, list(range(first, current + 1)), math.ceil((current + 1) * width + horizon_s)
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """Result of the atomic write: applied, or refused and why."""
+
+    ok: bool
+    conflict: str = ""  # 'offset' | 'duplicate' | 'entity'
+    detail: str = ""
+
+
+class AsyncStore:
+    """The worker's side of Redis."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, dedupe_horizon_s: float, state_ttl_s: float) -> None:
+        self.client = client
+        self.keys = keys
+        self.dedupe_horizon_s = dedupe_horizon_s
+        self.state_ttl_s = state_ttl_s
+        self._apply = client.register_script(_script("apply.lua"))
+
+    async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
+        """Next offset to apply per 'topic:partition' field, for those Redis knows."""
+        fields = list(fields)
+        if not fields:
+            return {}
+        values = await self.client.hmget(self.keys.offsets, fields)
+        return {f: int(v) for f, v in zip(fields, values, strict=True) if v is not None}
+
+    async def read(
+        self, digests: Sequence[bytes], entity_keys: Sequence[str], now_s: float
+    ) -> tuple[set[bytes], dict[str, str | None]]:
+        """Which digests were seen within the horizon, and the raw entity states."""
+        _, slots, _ = dedupe_slots(now_s, self.dedupe_horizon_s)
+        async with self.client.pipeline(transaction=False) as pipe:
+            if digests:
+                for slot in slots:
+                    pipe.smismember(self.keys.dedupe(slot), list(digests))
+            if entity_keys:
+                pipe.mget(list(entity_keys))
+            replies = await pipe.execute()
+        seen: set[bytes] = set()
+        if digests:
+            for flags in replies[: len(slots)]:
+                seen.update(d for d, f in zip(digests, flags, strict=True) if f)
+        states: dict[str, str | None] = {}
+        if entity_keys:
+            raw = replies[-1]
+            states = {k: (v.decode() if v is not None else None) for k, v in zip(entity_keys, raw, strict=True)}
+        return seen, states
+
+    async def apply(
+        self,
+        delta: BatchDelta,
+        offsets: Sequence[tuple[str, int, int]],
+        digests: Sequence[bytes],
+        now_s: float,
+    ) -> ApplyOutcome:
+        """Atomically: fence offsets (field, expected or -1, new), dedupe, write the delta."""
+        current, slots, dd_expire = dedupe_slots(now_s, self.dedupe_horizon_s)
+        argv: list[Any] = [len(offsets)]
+        for field, expected, new in offsets:
+            argv += [field, expected, new]
+        argv += [self.keys.dedupe(current), dd_expire, len(slots)]
+        argv += [self.keys.dedupe(s) for s in slots]
+        argv.append(len(digests))
+        argv += digests
+        argv.append(len(delta.entity_writes))
+        for key, (old, new) in delta.entity_writes.items():
+            argv += [key, old or "", new]
+        argv.append(int(self.state_ttl_s * 1000))
+        argv.append(len(delta.buckets))
+        for (label, bucket), fields in delta.buckets.items():
+            argv += [self.keys.bucket(label, bucket), delta.expire_at[(label, bucket)], len(fields)]
+            for name, value in fields.items():
+                argv += [name, value]
+        argv += [self.keys.current, len(delta.counters)]
+        for name, value in delta.counters.items():
+            argv += [name, value]
+        argv.append(len(delta.zadd))
+        for (zset, member), score in delta.zadd.items():
+            argv += [self.keys.zset(zset), member, repr(score)]
+        argv.append(len(delta.zrem))
+        for zset, member in delta.zrem:
+            argv += [self.keys.zset(zset), member]
+        zsets = sorted({z for z, _ in delta.zadd})
+        argv.append(len(zsets))
+        for zset in zsets:
+            argv += [self.keys.zset(zset), repr(now_s - self.state_ttl_s)]
+        reply = await self._apply(keys=[self.keys.offsets], args=argv)
+        status = _text(reply[0])
+        if status == "ok":
+            return ApplyOutcome(True)
+        return ApplyOutcome(False, status, " ".join(_text(x) for x in reply[1:]))
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the KPI read-outs need: per-window totals and the current state."""
+
+    windows: dict[str, Totals]
+    current: Current
+
+
+_read_script: dict[int, Any] = {}
+
+
+def read_snapshot(
+    client: redis.Redis,
+    keys: Keys,
+    windows: Sequence[Window],
+    sla: Mapping[str, float],
+    now_s: float,
+    future_skew_s: float,
+) -> Snapshot:
+    """Read all windows' summed counters and the current state in one Lua call (sync)."""
+    script = _read_script.get(id(client))
+    if script is None:
+        script = _read_script[id(client)] = client.register_script(_script("read.lua"))
+    queries = zset_queries(now_s, sla)
+    argv: list[Any] = [len(windows)]
+    for w in windows:
+        argv += [keys.bucket_prefix(w.label), w.first_bucket(now_s), w.last_bucket(now_s, future_skew_s)]
+    argv += [keys.current, len(queries)]
+    for name, threshold in queries.items():
+        argv += [keys.zset(name), repr(threshold)]
+    reply = script(keys=[keys.current], args=argv)
+    totals: dict[str, Totals] = {}
+    for w, flat in zip(windows, reply, strict=False):
+        totals[w.label] = Totals((_text(flat[j]), int(float(flat[j + 1]))) for j in range(0, len(flat), 2))
+    cur_flat = reply[len(windows)]
+    counters = {_text(cur_flat[j]): int(cur_flat[j + 1]) for j in range(0, len(cur_flat), 2)}
+    zstats: dict[str, ZStat] = {}
+    for name, (size, below, lowest) in zip(queries, reply[len(windows) + 1 :], strict=True):
+        low = _text(lowest)
+        zstats[name] = ZStat(int(size), int(below), float(low) if low else None)
+    return Snapshot(totals, Current(counters, zstats, now_s, dict(sla)))

@@ -1,0 +1,54 @@
+"""Rolling event-time windows (SPEC §4): pure bucket arithmetic, no I/O.
+
+A window of length W is kept as buckets of W/60 seconds aligned to the epoch, so
+a window's figures lag its true edge by at most one bucket (1/60 of W). Times
+are integer microseconds since the epoch (UTC) on the event path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["BUCKETS_PER_WINDOW", "US", "Window", "make_windows"]
+
+US = 1_000_000
+BUCKETS_PER_WINDOW = 60
+# A bucket key lives this long past the moment it leaves its window, so a
+# scrape from a host whose clock runs a little behind still finds it.
+_EXPIRY_GRACE_S = 120
+
+
+@dataclass(frozen=True)
+class Window:
+    """One rolling window: its length in seconds and its Prometheus label."""
+
+    seconds: int
+    label: str
+
+    @property
+    def bucket_seconds(self) -> int:
+        """Bucket width in seconds (W/60)."""
+        return self.seconds // BUCKETS_PER_WINDOW
+
+    def bucket_of(self, t_us: int) -> int:
+        """Index of the bucket holding event time `t_us` (µs since epoch); floor division."""
+        return t_us // (self.bucket_seconds * US)
+
+    def first_bucket(self, now_s: float) -> int:
+        """Oldest bucket still in the window at `now_s` (it may start up to one bucket early)."""
+        return int((now_s - self.seconds) // self.bucket_seconds)
+
+    def last_bucket(self, now_s: float, future_skew_s: float) -> int:
+        """Newest bucket that can hold an accepted event (events may be `future_skew_s` ahead)."""
+        return int((now_s + future_skew_s) // self.bucket_seconds)
+
+    def expire_at(self, bucket: int) -> int:
+        """Unix time (s) after which `bucket` can no longer be part of the window."""
+        return (bucket + 1) * self.bucket_seconds + self.seconds + _EXPIRY_GRACE_S
+
+
+def make_windows(seconds: list[float]) -> tuple[Window, ...]:
+    """Windows for the configured lengths (whole minutes), shortest first, labelled '1h', '7d'…"""
+    from stream.config import format_duration
+
+    return tuple(Window(int(s), format_duration(s)) for s in sorted(seconds))

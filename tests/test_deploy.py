@@ -1,0 +1,177 @@
+"""The production deploy files (docker-compose.yml, deploy/) hang together.
+
+Structure is checked with PyYAML; the Prometheus and Alertmanager files are
+checked by their own tools (promtool, amtool from Debian's `prometheus` and
+`prometheus-alertmanager`). Without the tools these tests skip locally, but
+fail under CI (env var CI set), where .ci/run installs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+RULES = ROOT / "deploy" / "prometheus" / "rules"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+CRM_KPI_SERVICES = ("topics", "worker", "exporter")
+
+
+def _load(path: Path) -> Any:
+    with path.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = _load(COMPOSE)
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host source, container target) of every bind mount of a service."""
+    out = []
+    for vol in service.get("volumes", []):
+        if isinstance(vol, str):
+            source, _, rest = vol.partition(":")
+            target = rest.split(":")[0]
+            # Named volumes have no path separator; host paths start with . / or ~.
+            if source.startswith((".", "/", "~")):
+                out.append((source, target))
+        elif vol.get("type") == "bind":
+            out.append((vol["source"], vol["target"]))
+    return out
+
+
+def _tool(name: str) -> str:
+    """Path of a validation tool; skip without it, fail without it in CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not on PATH (Debian: prometheus / prometheus-alertmanager)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run the real check")
+        pytest.skip(message)
+    return path
+
+
+def _run(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"{' '.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+# --- docker-compose.yml -----------------------------------------------------
+
+
+def test_every_bind_mounted_host_path_exists(compose: dict[str, Any]) -> None:
+    mounts = [(name, src) for name, svc in compose["services"].items() for src, _ in _bind_mounts(svc)]
+    assert mounts, "expected the config files to be bind-mounted"
+    missing = [(name, src) for name, src in mounts if not (ROOT / src).exists()]
+    assert not missing, f"bind-mounted paths missing from the repo: {missing}"
+
+
+def test_build_context_has_a_dockerfile(compose: dict[str, Any]) -> None:
+    for name in CRM_KPI_SERVICES:
+        build = compose["services"][name]["build"]
+        context = build if isinstance(build, str) else build.get("context", ".")
+        dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        assert (ROOT / context / dockerfile).is_file(), name
+
+
+def test_worker_runs_two_replicas(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    assert worker["deploy"]["replicas"] == 2
+    # A published host port would collide between replicas.
+    assert not worker.get("ports")
+
+
+def test_dependencies_exist_and_health_conditions_have_healthchecks(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        depends = svc.get("depends_on", {})
+        if isinstance(depends, list):  # short form: no conditions
+            depends = {dep: {"condition": "service_started"} for dep in depends}
+        for dep, spec in depends.items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            if spec.get("condition") == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} healthy; it has no healthcheck"
+
+
+def test_crm_kpi_services_share_the_environment(compose: dict[str, Any]) -> None:
+    envs = [compose["services"][name]["environment"] for name in CRM_KPI_SERVICES]
+    assert all(env == envs[0] for env in envs), "use the shared YAML anchor"
+    env = envs[0]
+    assert env["CRM_KPI_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert env["CRM_KPI_REDIS_URL"].startswith("redis://redis:")
+    assert compose["services"]["topics"]["command"] == ["topics", "create"]
+    deps = compose["services"]["worker"]["depends_on"]
+    assert deps["topics"]["condition"] == "service_completed_successfully"
+
+
+# --- Prometheus -------------------------------------------------------------
+
+
+def _host_path(container_path: str, mounts: list[tuple[str, str]]) -> Path:
+    """The repo path a container path of the prometheus service maps to."""
+    path = PurePosixPath(container_path)
+    for source, target in mounts:
+        if path == PurePosixPath(target) or PurePosixPath(target) in path.parents:
+            return (ROOT / source).resolve() / path.relative_to(target)
+    raise AssertionError(f"{container_path} is not inside any bind mount of the prometheus service")
+
+
+def test_prometheus_scrapes_every_worker_replica(compose: dict[str, Any]) -> None:
+    config = _load(PROMETHEUS)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    worker = jobs["crm-kpi-worker"]
+    assert worker["dns_sd_configs"] == [{"names": ["worker"], "type": "A", "port": 6066, "refresh_interval": "30s"}]
+    assert jobs["crm-kpi-exporter"]["static_configs"][0]["targets"] == ["exporter:9464"]
+    assert "worker" in compose["services"] and "exporter" in compose["services"]
+
+
+def test_promtool_check_config(compose: dict[str, Any], tmp_path: Path) -> None:
+    promtool = _tool("promtool")
+    config = _load(PROMETHEUS)
+    mounts = _bind_mounts(compose["services"]["prometheus"])
+    # rule_files name container paths; point the copy at the repo's files.
+    config["rule_files"] = [str(_host_path(p, mounts)) for p in config["rule_files"]]
+    for pattern in config["rule_files"]:
+        assert list(Path(pattern).parent.glob(Path(pattern).name)), f"no rule file matches {pattern}"
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    _run(promtool, "check", "config", str(local))
+
+
+def test_promtool_check_rules() -> None:
+    promtool = _tool("promtool")
+    files = sorted(RULES.glob("*.yml"))
+    assert files, "deploy/prometheus/rules/ has no rule files"
+    _run(promtool, "check", "rules", *map(str, files))
+
+
+# --- Alertmanager and Grafana -------------------------------------------------
+
+
+def test_amtool_check_config() -> None:
+    amtool = _tool("amtool")
+    _run(amtool, "check-config", str(ALERTMANAGER))
+
+
+def test_grafana_provisioning_matches_the_mounts(compose: dict[str, Any]) -> None:
+    mounts = dict(_bind_mounts(compose["services"]["grafana"]))
+    (datasource,) = _load(ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml")["datasources"]
+    assert datasource["uid"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    (provider,) = _load(ROOT / "deploy/grafana/provisioning/dashboards/crm-kpi.yml")["providers"]
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"

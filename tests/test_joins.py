@@ -1,0 +1,139 @@
+"""Entity joins: the figures do not depend on arrival order or batch boundaries (pure)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from types import SimpleNamespace as E
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.aggregate import FoldContext, entity_keys, fold
+from stream.joins import DealState, TicketState, to_us
+from stream.keys import Keys
+from stream.kpis import Field
+from stream.windows import make_windows
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+CTX = FoldContext(
+    NOW.timestamp(),
+    make_windows([3600, 86400]),
+    frozenset({"web"}),
+    {"urgent": 900.0, "high": 3600.0, "normal": 14400.0, "low": 86400.0},
+    Keys("p"),
+)
+
+
+def ago(minutes: float) -> datetime:
+    return NOW - timedelta(minutes=minutes)
+
+
+class MemoryRedis:
+    """The effect of store.apply on a dict, to check folds without a server."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+        self.buckets: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.zsets: dict[str, dict[str, float]] = defaultdict(dict)
+
+    def run(self, events: list[E]) -> None:
+        pairs = [(e, to_us(e.occurred_at)) for e in events]
+        states = {k: self.states.get(k) for k in entity_keys(events, CTX.keys)}
+        delta = fold(pairs, states, CTX)
+        for key, (old, new) in delta.entity_writes.items():
+            assert self.states.get(key) == old
+            self.states[key] = new
+        for bkey, fields in delta.buckets.items():
+            for f, v in fields.items():
+                self.buckets[bkey][f] += v
+        for (z, member), score in delta.zadd.items():
+            self.zsets[z][member] = score
+        for z, member in delta.zrem:
+            self.zsets[z].pop(member, None)
+
+    def window(self, label: str) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for (lab, _), fields in self.buckets.items():
+            if lab == label:
+                for f, v in fields.items():
+                    out[f] += v
+        return {f: v for f, v in out.items() if v}
+
+
+def opened(tid: str, minutes: float, priority: str = "normal") -> E:
+    return E(type="ticket.opened", ticket_id=tid, occurred_at=ago(minutes), priority=priority)
+
+
+def answered(
+    tid: str,
+    minutes: float,
+    public: bool = True,
+    author: str = "agent",
+    hint: float | None = None,
+    priority: str | None = None,
+) -> E:
+    return E(
+        type="ticket.answered",
+        ticket_id=tid,
+        occurred_at=ago(minutes),
+        public=public,
+        author=author,
+        ticket_opened_at=None if hint is None else ago(hint),
+        priority=priority,
+    )
+
+
+SCENARIO = [
+    opened("a", 50, "urgent"),
+    answered("a", 20),
+    answered("a", 30),  # later answer arrives first
+    opened("b", 30, "high"),
+    answered("b", 29, author="bot"),
+    answered("b", 10, public=False),
+    answered("c", 20, hint=25, priority="low"),  # opening known only from the answer
+    answered("d", 5),  # opening unknown: answered, no response time
+    opened("e", 59),
+    opened("e", 58),  # still awaiting; earliest opening wins
+    E(type="deal.created", deal_id="x", occurred_at=ago(600)),
+    E(type="deal.won", deal_id="x", occurred_at=ago(30), deal_created_at=None, amount=Decimal(1), currency="EUR"),
+    E(type="deal.won", deal_id="y", occurred_at=ago(20), deal_created_at=ago(80), amount=Decimal(2), currency="EUR"),
+    E(type="deal.won", deal_id="z", occurred_at=ago(15), deal_created_at=None, amount=Decimal(1), currency="EUR"),
+]
+
+
+def test_scenario_figures() -> None:
+    r = MemoryRedis()
+    r.run(SCENARIO)
+    h = r.window("1h")
+    # first responses: a 20 min (urgent, breach), c 5 min (low) -> n=2, sum 25 min
+    assert h[Field.FR_N] == 2 and h[Field.FR_US] == 25 * 60 * 10**6
+    assert h[Field.fr_breach("urgent")] == 1 and Field.fr_breach("low") not in h
+    # awaiting: b (high, only bot/private answers) and e (normal)
+    assert r.zsets[Field.awaiting("high")] == {"b": ago(30).timestamp()}
+    assert r.zsets[Field.awaiting("normal")] == {"e": ago(59).timestamp()}
+    assert r.zsets[Field.awaiting("urgent")] == {}
+    # sales cycle: x 570 min (stored creation), y 60 min (carried creation); z unknown
+    assert h[Field.CYCLE_N] == 2 and h[Field.CYCLE_US] == (570 + 60) * 60 * 10**6
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(SCENARIO), st.lists(st.integers(min_value=1, max_value=len(SCENARIO)), max_size=5))
+def test_order_and_batching_do_not_change_figures(order: list[E], cuts: list[int]) -> None:
+    reference = MemoryRedis()
+    reference.run(SCENARIO)
+    r = MemoryRedis()
+    bounds = sorted({0, len(order), *cuts})
+    for lo, hi in itertools.pairwise(bounds):
+        r.run(order[lo:hi])
+    for label in ("1h", "24h"):
+        assert r.window(label) == reference.window(label)
+    assert {z: m for z, m in r.zsets.items() if m} == {z: m for z, m in reference.zsets.items() if m}
+
+
+def test_state_encoding_round_trips() -> None:
+    t = TicketState(1, "high", None, None, 5)
+    assert TicketState.decode(t.encode()) == t
+    assert DealState.decode(None) == DealState()

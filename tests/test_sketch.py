@@ -1,0 +1,43 @@
+"""Quantile sketch: relative error against numpy's default (type 7) estimator."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream import sketch
+
+
+def exact_quantile(values: list[float], q: float) -> float:
+    xs = sorted(values)
+    h = (len(xs) - 1) * q
+    lo = math.floor(h)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (h - lo) * (xs[hi] - xs[lo])
+
+
+@given(st.floats(min_value=1e-3, max_value=1e8, allow_nan=False))
+def test_bucket_value_within_alpha(v: float) -> None:
+    rep = sketch.bucket_value(sketch.bucket_index(v))
+    assert abs(rep - v) <= sketch.ALPHA * v * (1 + 1e-9)
+
+
+@given(
+    st.lists(st.floats(min_value=0.001, max_value=3e6, allow_nan=False), min_size=1, max_size=300),
+    st.sampled_from([0.5, 0.9, 0.99, 0.0, 1.0]),
+)
+def test_quantile_relative_error_at_most_2_percent(values: list[float], q: float) -> None:
+    counts = Counter(sketch.bucket_index(v) for v in values)
+    got = sketch.quantile(counts, q)
+    want = exact_quantile(values, q)
+    assert got is not None
+    assert abs(got - want) <= 0.02 * want + 1e-9
+
+
+def test_zero_and_empty() -> None:
+    assert sketch.quantile({}, 0.5) is None
+    assert sketch.quantile({sketch.ZERO: 3}, 0.9) == 0.0
+    assert sketch.bucket_index(-5) == sketch.ZERO
