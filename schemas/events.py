@@ -260,6 +260,20 @@ class TicketAnswered(_CustomerEnvelope):
 class SurveySubmitted(_CustomerEnvelope):
     """A survey answer; score range depends on kind: nps 0–10, csat 1–5, ces 1–7."""
 
+    # The per-kind ranges below are enforced by `_score_in_range`; this only
+    # publishes them to producers reading the JSON Schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"kind": {"const": kind}}},
+                    "then": {"properties": {"score": {"minimum": low, "maximum": high}}},
+                }
+                for kind, (low, high) in _SCORE_RANGE.items()
+            ]
+        }
+    )
+
     type: Literal["survey.submitted"]
     survey_id: Id
     kind: Literal["nps", "csat", "ces"]

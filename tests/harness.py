@@ -116,8 +116,13 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
     return records
 
 
-async def applied(redis: Any, prefix: str, ends: Mapping[TopicPartition, int]) -> bool:
+async def applied(client: Any, prefix: str, ends: Mapping[TopicPartition, int]) -> bool:
     """True when Redis records every partition applied up to its end offset."""
-    raw = await redis.hgetall("{" + prefix + "}:offsets")
+    import redis.exceptions
+
+    try:
+        raw = await client.hgetall("{" + prefix + "}:offsets")
+    except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
+        return False  # a restarted server still loading its data
     stored = {k.decode(): int(v) for k, v in raw.items()}
     return all(stored.get(f"{tp.topic}:{tp.partition}", -1) >= end for tp, end in ends.items())
