@@ -49,7 +49,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.owner.on_assigned(assigned)
 
 
-class BatchConsumer(Service):  # type: ignore[misc]
+class BatchConsumer(Service):
     """Consumes the event topics in batches and applies them to Redis exactly once."""
 
     def __init__(self, settings: Settings, metrics: WorkerMetrics, **kwargs: Any) -> None:
@@ -109,7 +109,7 @@ class BatchConsumer(Service):  # type: ignore[misc]
         if self._redis is not None:
             await self._redis.aclose()
 
-    @Service.task  # type: ignore[untyped-decorator]
+    @Service.task
     async def _consume(self) -> None:
         assert self._consumer is not None and self._processor is not None
         consumer, processor = self._consumer, self._processor
@@ -136,7 +136,7 @@ class BatchConsumer(Service):  # type: ignore[misc]
                         self._to_commit[tp] = applied[field]
                 self.batches += 1
 
-    @Service.timer(1.0)  # type: ignore[untyped-decorator]
+    @Service.timer(1.0)
     async def _periodic_commit(self) -> None:
         async with self._lock:
             await self._commit()

@@ -309,13 +309,15 @@ METRICS: tuple[Metric, ...] = (
     Metric("crm_deal_size_average", "Won amount / won count, per currency.", ("currency",), _deal_size),
     Metric(
         "crm_sales_cycle_seconds_average",
-        "Mean of won occurred_at - deal creation time (deal_created_at, else the stored deal.created), over won deals whose creation is known.",
+        "Mean of won occurred_at - deal creation time (deal_created_at, else the stored deal.created), "
+        "over won deals whose creation is known.",
         (),
         _sales_cycle,
     ),
     Metric(
         "crm_first_response_seconds",
-        "Quantiles 0.5/0.9/0.99 of first public agent answer - ticket opening, over tickets whose first answer is in the window (relative error <= 1%).",
+        "Quantiles 0.5/0.9/0.99 of first public agent answer - ticket opening, over tickets whose "
+        "first answer is in the window (relative error <= 1%).",
         ("quantile",),
         _fr_quantiles,
     ),

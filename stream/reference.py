@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from stream.config import Settings
@@ -35,15 +36,15 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
+def _keep_markers(body: str) -> Callable[[re.Match[str]], str]:
+    return lambda m: f"{m.group(1)}{body}{m.group(2)}"
+
+
 def render_readme(text: str) -> str:
     """README text with its generated sections replaced by fresh ones."""
     for marker, body in (("metrics", metrics_table()), ("settings", settings_table())):
-        text = re.sub(
-            rf"(<!-- {marker}:start -->\n).*?(\n<!-- {marker}:end -->)",
-            lambda m, body=body: m.group(1) + body + m.group(2),
-            text,
-            flags=re.S,
-        )
+        pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(\n<!-- {marker}:end -->)", re.S)
+        text = pattern.sub(_keep_markers(body), text)
     return text
 
 

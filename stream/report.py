@@ -39,6 +39,6 @@ def kpi_table(snap: Snapshot, title: str = "CRM KPIs") -> Table:
         window = labels.pop("window", "now")
         key = (item["metric"], ",".join(f"{k}={v}" for k, v in labels.items()))
         rows.setdefault(key, {})[window] = _fmt(item["value"])
-    for (metric, labels), cells in rows.items():
-        table.add_row(metric, labels, *(cells.get(w, "") for w in [*windows, "now"]))
+    for (metric, label_text), cells in rows.items():
+        table.add_row(metric, label_text, *(cells.get(w, "") for w in [*windows, "now"]))
     return table

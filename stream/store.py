@@ -111,15 +111,15 @@ class AsyncStore:
         """Atomically: fence offsets (field, expected or -1, new), dedupe, write the delta."""
         current, slots, dd_expire = dedupe_slots(now_s, self.dedupe_horizon_s)
         argv: list[Any] = [len(offsets)]
-        for field, expected, new in offsets:
-            argv += [field, expected, new]
+        for name, expected, new in offsets:
+            argv += [name, expected, new]
         argv += [self.keys.dedupe(current), dd_expire, len(slots)]
         argv += [self.keys.dedupe(s) for s in slots]
         argv.append(len(digests))
         argv += digests
         argv.append(len(delta.entity_writes))
-        for key, (old, new) in delta.entity_writes.items():
-            argv += [key, old or "", new]
+        for key, (old_state, new_state) in delta.entity_writes.items():
+            argv += [key, old_state or "", new_state]
         argv.append(int(self.state_ttl_s * 1000))
         argv.append(len(delta.buckets))
         for (label, bucket), fields in delta.buckets.items():

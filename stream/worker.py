@@ -21,14 +21,14 @@ from stream.opmetrics import WorkerMetrics
 __all__ = ["create_app", "run_worker"]
 
 
-class _Boot(BootStrategy):  # type: ignore[misc]
+class _Boot(BootStrategy):
     # No Faust agents or tables: its consumer would subscribe to nothing and
     # its conductor would spend ~30 s in group joins for no work.
     enable_kafka_consumer = False
     enable_kafka_producer = False
 
 
-class _App(faust.App):  # type: ignore[misc]
+class _App(faust.App):
     BootStrategy = _Boot
 
 
@@ -45,9 +45,9 @@ def create_app(settings: Settings) -> tuple[Any, BatchConsumer]:
     )
     metrics = WorkerMetrics()
     service = BatchConsumer(settings, metrics, loop=None)
-    app.service(service)
+    app.service(service)  # type: ignore[arg-type]  # faust accepts instances too
 
-    @app.page("/metrics")  # type: ignore[untyped-decorator]
+    @app.page("/metrics")
     async def _metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

@@ -125,8 +125,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 def test_rules_follow_mixin_conventions() -> None:
     anchors = {
-        m.group(1).strip().lower()
-        for m in re.finditer(r"^##+\s+(.+?)\s*$", RUNBOOKS.read_text(encoding="utf-8"), re.M)
+        m.group(1).strip().lower() for m in re.finditer(r"^##+\s+(.+?)\s*$", RUNBOOKS.read_text(encoding="utf-8"), re.M)
     }
     seen: list[str] = []
     for path in _rule_files():
@@ -205,9 +204,7 @@ def test_dashboard_json_queries_are_the_generator_queries() -> None:
 
 
 def test_pipeline_board_covers_throughput_lag_dead_letters_and_batch_latency() -> None:
-    exprs = " ".join(
-        t["expr"] for p in _boards()["crm-kpi-pipeline-health"]["panels"] for t in p["targets"]
-    )
+    exprs = " ".join(t["expr"] for p in _boards()["crm-kpi-pipeline-health"]["panels"] for t in p["targets"])
     for name in (
         "crm_events_processed_total",
         "crm_event_lag_seconds",
