@@ -34,57 +34,59 @@ from stream.embedded import free_port
 from stream.topics import create_topics
 from tests.harness import WorkerProcess, applied, produce, wait_for
 
-NOW = datetime.now(UTC).replace(microsecond=0)
 # Grafana's variables as a user would pick them: the 1h window, a 1m rate interval.
-VARIABLES = {"$window": "2h", "${window}": "2h", "$__rate_interval": "1m"}
+VARIABLES = {"$window": "1h", "${window}": "1h", "$__rate_interval": "1m"}
 INCIDENT_ALERT = "CrmKpiTicketsAwaitingOverSla"
 
 
-def at(minutes_ago: float) -> str:
-    return (NOW - timedelta(minutes=minutes_ago)).isoformat().replace("+00:00", "Z")
+def make_stream(now: datetime) -> dict[str, list[dict[str, Any]]]:
+    """Events relative to `now`, per topic family.
+
+    Every §5.1 KPI gets a series in the 1h window; tickets U1, U2 (urgent, ~3h old),
+    H1 (high, 2h old) and N1 (normal, 5h old) were never answered: the incident.
+    """
+    ids = iter(range(1, 10**6))
+
+    def at(minutes_ago: float) -> str:
+        return (now - timedelta(minutes=minutes_ago)).isoformat().replace("+00:00", "Z")
+
+    def ev(event_type: str, minutes_ago: float, /, **fields: Any) -> dict[str, Any]:
+        return {"event_id": f"p{next(ids)}", "type": event_type, "occurred_at": at(minutes_ago), **fields}
+
+    return {
+        "leads": [
+            ev("lead.created", 10, lead_id="L1", lead_source="web"),
+            ev("lead.created", 20, lead_id="L2", lead_source="ads"),
+            ev("lead.created", 30, lead_id="L3"),
+            ev("lead.converted", 5, lead_id="L1", customer_id="c1"),
+        ],
+        "deals": [
+            ev("deal.created", 180, deal_id="D1", customer_id="c1", amount=100, currency="EUR"),
+            ev("deal.won", 30, deal_id="D1", customer_id="c1", amount=100, currency="EUR"),
+            ev("deal.won", 40, deal_id="D2", customer_id="c2", amount=50.5, currency="USD", deal_created_at=at(120)),
+            ev("deal.lost", 20, deal_id="D3", customer_id="c3", reason="price"),
+        ],
+        "tickets": [
+            ev("ticket.opened", 50, ticket_id="T1", customer_id="c1", priority="urgent"),
+            ev("ticket.answered", 30, ticket_id="T1", customer_id="c1", agent_id="a1"),
+            ev("ticket.opened", 40, ticket_id="T2", customer_id="c2", priority="high"),
+            ev("ticket.answered", 35, ticket_id="T2", customer_id="c2", agent_id="a2"),
+            ev("ticket.opened", 25, ticket_id="T3", customer_id="c3"),
+            ev("ticket.opened", 180, ticket_id="U1", customer_id="c4", priority="urgent"),
+            ev("ticket.opened", 170, ticket_id="U2", customer_id="c5", priority="urgent"),
+            ev("ticket.opened", 120, ticket_id="H1", customer_id="c6", priority="high"),
+            ev("ticket.opened", 300, ticket_id="N1", customer_id="c7", priority="normal"),
+        ],
+        "surveys": [
+            ev("survey.submitted", 10, survey_id="S1", customer_id="c1", kind="nps", score=10),
+            ev("survey.submitted", 20, survey_id="S2", customer_id="c2", kind="nps", score=3),
+            ev("survey.submitted", 10, survey_id="S3", customer_id="c3", kind="csat", score=5),
+            ev("survey.submitted", 15, survey_id="S4", customer_id="c4", kind="csat", score=2),
+            ev("survey.submitted", 10, survey_id="S5", customer_id="c5", kind="ces", score=3),
+        ],
+    }
 
 
-_ids = iter(range(1, 10**6))
-
-
-def ev(event_type: str, minutes_ago: float, /, **fields: Any) -> dict[str, Any]:
-    return {"event_id": f"p{next(_ids)}", "type": event_type, "occurred_at": at(minutes_ago), **fields}
-
-
-# Every §5.1 KPI gets a series in the 1h window; tickets U1, U2 (urgent, 3h old), H1 (high,
-# 2h old) and N1 (normal, 5h old) were never answered: the incident.
-STREAM: dict[str, list[dict[str, Any]]] = {
-    "leads": [
-        ev("lead.created", 10, lead_id="L1", lead_source="web"),
-        ev("lead.created", 20, lead_id="L2", lead_source="ads"),
-        ev("lead.created", 30, lead_id="L3"),
-        ev("lead.converted", 5, lead_id="L1", customer_id="c1"),
-    ],
-    "deals": [
-        ev("deal.created", 180, deal_id="D1", customer_id="c1", amount=100, currency="EUR"),
-        ev("deal.won", 30, deal_id="D1", customer_id="c1", amount=100, currency="EUR"),
-        ev("deal.won", 40, deal_id="D2", customer_id="c2", amount=50.5, currency="USD", deal_created_at=at(120)),
-        ev("deal.lost", 20, deal_id="D3", customer_id="c3", reason="price"),
-    ],
-    "tickets": [
-        ev("ticket.opened", 50, ticket_id="T1", customer_id="c1", priority="urgent"),
-        ev("ticket.answered", 30, ticket_id="T1", customer_id="c1", agent_id="a1"),
-        ev("ticket.opened", 40, ticket_id="T2", customer_id="c2", priority="high"),
-        ev("ticket.answered", 35, ticket_id="T2", customer_id="c2", agent_id="a2"),
-        ev("ticket.opened", 25, ticket_id="T3", customer_id="c3"),
-        ev("ticket.opened", 180, ticket_id="U1", customer_id="c4", priority="urgent"),
-        ev("ticket.opened", 170, ticket_id="U2", customer_id="c5", priority="urgent"),
-        ev("ticket.opened", 120, ticket_id="H1", customer_id="c6", priority="high"),
-        ev("ticket.opened", 300, ticket_id="N1", customer_id="c7", priority="normal"),
-    ],
-    "surveys": [
-        ev("survey.submitted", 10, survey_id="S1", customer_id="c1", kind="nps", score=10),
-        ev("survey.submitted", 20, survey_id="S2", customer_id="c2", kind="nps", score=3),
-        ev("survey.submitted", 10, survey_id="S3", customer_id="c3", kind="csat", score=5),
-        ev("survey.submitted", 15, survey_id="S4", customer_id="c4", kind="csat", score=2),
-        ev("survey.submitted", 10, survey_id="S5", customer_id="c5", kind="ces", score=3),
-    ],
-}
 BAD = [("leads", b"not json{"), ("surveys", b"[1]")]
 
 
@@ -206,9 +208,10 @@ async def test_dashboards_and_alerts_on_a_real_prometheus(
 
         await wait_for(targets_up, 90, "prometheus to scrape the worker and the exporter")
 
+        stream = make_stream(datetime.now(UTC).replace(microsecond=0))
         messages = [
             (settings.topic(family), str(e.get("customer_id") or e["event_id"]).encode(), json.dumps(e).encode())
-            for family, events in STREAM.items()
+            for family, events in stream.items()
             for e in events
         ]
         messages += [(settings.topic(family), b"bad", raw) for family, raw in BAD]
@@ -229,7 +232,7 @@ async def test_dashboards_and_alerts_on_a_real_prometheus(
                 return bool(await prometheus.query(expr))
 
             try:
-                await wait_for(has_data, 3, f"data for {q.dashboard} / {q.panel}: {expr}")
+                await wait_for(has_data, 30, f"data for {q.dashboard} / {q.panel}: {expr}")
             except AssertionError as exc:
                 missing[f"{q.dashboard} / {q.panel}"] = str(exc)
         assert not missing, f"panels without data: {json.dumps(missing, indent=1)}"

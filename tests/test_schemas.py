@@ -67,7 +67,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-def event(kind: str, **changes: Any) -> dict[str, Any]:
+def event(kind: str, /, **changes: Any) -> dict[str, Any]:
     """A valid event of type `kind` as a dict; `changes` override or add fields."""
     out: dict[str, Any] = {"event_id": f"e-{kind}", "type": kind, "occurred_at": AT}
     out.update(EXAMPLES[kind])
@@ -97,7 +97,6 @@ def without(obj: dict[str, Any], name: str) -> dict[str, Any]:
 def test_catalogue_is_consistent() -> None:
     assert set(EXAMPLES) == set(EVENT_TYPES) == set(TOPIC_FAMILY)
     assert len(EVENT_TYPES) == 24
-    assert [type_of(m) for m in MODELS] == sorted(EVENT_TYPES, key=[type_of(m) for m in MODELS].index)
     assert {type_of(m) for m in MODELS} == set(EVENT_TYPES)
     assert set(CORE_TYPES) < set(EVENT_TYPES)
     assert set(TOPIC_FAMILY.values()) == {
@@ -203,8 +202,9 @@ def test_occurred_at_is_converted_to_utc(text: str, expected: datetime) -> None:
 def test_occurred_at_must_be_rfc3339_with_offset(bad: object) -> None:
     rejects(event("deal.lost", occurred_at=bad))
     rejects(event("invoice.issued", due_at=bad))
-    rejects(event("order.placed", promised_at=bad))
-    rejects(event("deal.won", deal_created_at=bad))
+    if bad is not None:  # these two are optional: null means absent
+        rejects(event("order.placed", promised_at=bad))
+        rejects(event("deal.won", deal_created_at=bad))
 
 
 def test_schema_version_and_source() -> None:
@@ -318,7 +318,7 @@ def test_models_are_frozen() -> None:
     parsed = parse(event("ticket.opened"))
     assert isinstance(parsed, TicketOpened)
     with pytest.raises(ValidationError):
-        parsed.priority = "high"  # type: ignore[misc]
+        parsed.priority = "high"
 
 
 def test_python_construction_accepts_aware_datetimes_and_decimals() -> None:
@@ -343,9 +343,8 @@ def test_python_construction_accepts_aware_datetimes_and_decimals() -> None:
             customer_id="c1",
             ticket_id="t1",
         )
-    assert event_adapter.validate_python(orjson.loads(orjson.dumps(event("deal.won")))) == parse(
-        event("deal.won")
-    )
+    from_python = event_adapter.validate_python(orjson.loads(orjson.dumps(event("deal.won"))))
+    assert from_python == parse(event("deal.won"))
 
 
 # --- JSON Schemas ------------------------------------------------------------------
