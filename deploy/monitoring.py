@@ -84,21 +84,23 @@ EXPORTER_SELF = frozenset({"crm_exporter_redis_up", "crm_exporter_scrape_seconds
 
 
 @cache
-def _operational() -> frozenset[str]:
-    """Sample names the worker exposes, read from its own metrics registry."""
+def _operational() -> dict[str, str]:
+    """Sample names the worker exposes -> their help, read from its own metrics registry."""
     from stream.opmetrics import WorkerMetrics
 
     metrics = WorkerMetrics()
     metrics.watch_lag(dict)
-    names: set[str] = set()
+    names: dict[str, str] = {}
     for family in metrics.registry.collect():
         if family.type == "counter":
-            names.add(family.name + "_total")
+            suffixes: tuple[str, ...] = ("_total",)
         elif family.type == "histogram":
-            names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+            suffixes = ("_bucket", "_sum", "_count")
         else:
-            names.add(family.name)
-    return frozenset(names)
+            suffixes = ("",)
+        for suffix in suffixes:
+            names[family.name + suffix] = family.documentation
+    return names
 
 
 def metric_section(name: str) -> str:
@@ -588,9 +590,12 @@ class Dashboard:
 
 
 def _help(expr: str) -> str:
+    """The registry's help text of the first metric an expression reads."""
     for name in _IDENT.findall(expr):
         if name in _KPIS:
             return _KPIS[name].help
+        if name in _operational():
+            return _operational()[name]
     return ""
 
 
@@ -827,18 +832,21 @@ def _dashboards() -> tuple[Dashboard, ...]:
                 (Query(f'sum(up{{job="{WORKER_JOB}"}})'),),
                 "stat",
                 width=6,
+                description="Worker replicas Prometheus scrapes successfully.",
             ),
             Panel(
                 "Exporter reads Redis",
                 (Query(exporter("crm_exporter_redis_up"), "{{instance}}"),),
                 "stat",
                 width=6,
+                description="1 if the exporter's last scrape read Redis.",
             ),
             Panel(
                 "Exporter scrape time",
                 (Query(exporter("crm_exporter_scrape_seconds"), "{{instance}}"),),
                 unit="s",
                 width=12,
+                description="Time the exporter takes to read Redis and compute the KPIs.",
             ),
             Panel(
                 "Throughput by event type",

@@ -70,6 +70,7 @@ class AsyncStore:
         self.dedupe_horizon_s = dedupe_horizon_s
         self.state_ttl_s = state_ttl_s
         self._apply = client.register_script(_script("apply.lua"))
+        self._lookup = client.register_script(_script("lookup.lua"))
 
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
         """Next offset to apply per 'topic:partition' field, for those Redis knows."""
@@ -82,23 +83,15 @@ class AsyncStore:
     async def read(
         self, digests: Sequence[bytes], entity_keys: Sequence[str], now_s: float
     ) -> tuple[set[bytes], dict[str, str | None]]:
-        """Which digests were seen within the horizon, and the raw entity states."""
+        """Which digests were seen within the horizon, and the raw entity states (one call)."""
         _, slots, _ = dedupe_slots(now_s, self.dedupe_horizon_s)
-        async with self.client.pipeline(transaction=False) as pipe:
-            if digests:
-                for slot in slots:
-                    pipe.smismember(self.keys.dedupe(slot), list(digests))
-            if entity_keys:
-                pipe.mget(list(entity_keys))
-            replies = await pipe.execute()
-        seen: set[bytes] = set()
-        if digests:
-            for flags in replies[: len(slots)]:
-                seen.update(d for d, f in zip(digests, flags, strict=True) if f)
-        states: dict[str, str | None] = {}
-        if entity_keys:
-            raw = replies[-1]
-            states = {k: (v.decode() if v is not None else None) for k, v in zip(entity_keys, raw, strict=True)}
+        argv: list[Any] = [len(slots), *(self.keys.dedupe(s) for s in slots), len(digests), *digests]
+        argv += [len(entity_keys), *entity_keys]
+        seen_idx, raw_states = await self._lookup(keys=[self.keys.offsets], args=argv)
+        seen = {digests[int(i) - 1] for i in seen_idx}
+        states: dict[str, str | None] = {
+            k: (v.decode() or None) for k, v in zip(entity_keys, raw_states, strict=True)
+        }
         return seen, states
 
     async def apply(

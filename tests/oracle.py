@@ -12,13 +12,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
-def make_stream(n: int, seed: int, now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(unique events, events to publish including ~5% producer retries), all within 55 minutes."""
+def make_stream(
+    n: int, seed: int, now: datetime, span_s: float = 3300
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(unique events, events to publish including ~5% producer retries), all within `span_s` seconds."""
     rnd = random.Random(seed)
+    lo = span_s / 55  # events stay clear of "now" (and of future skew)
     events: list[dict[str, Any]] = []
     open_tickets: list[tuple[str, datetime]] = []
     for i in range(n):
-        t = now - timedelta(seconds=rnd.uniform(60, 3300))
+        t = now - timedelta(seconds=rnd.uniform(lo, span_s))
         base = {"event_id": f"x{seed}-{i}", "occurred_at": t.isoformat(), "customer_id": f"c{rnd.randrange(2000)}"}
         roll = rnd.random()
         if roll < 0.25:
@@ -31,19 +34,20 @@ def make_stream(n: int, seed: int, now: datetime) -> tuple[list[dict[str, Any]],
             }
         elif roll < 0.32:
             e = {**base, "type": "lead.converted", "lead_id": f"l{i}"}
+        elif roll < 0.36:
+            amount = round(rnd.uniform(1, 5000), 2)
+            e = {**base, "type": "deal.created", "deal_id": f"d{i}", "amount": amount, "currency": "EUR"}
         elif roll < 0.45:
-            e = {
-                **base,
-                "type": "deal.won",
-                "deal_id": f"d{i}",
-                "amount": round(rnd.uniform(1, 5000), 2),
-                "currency": rnd.choice(["EUR", "USD"]),
-            }
+            amount = round(rnd.uniform(1, 5000), 2)
+            currency = rnd.choice(["EUR", "USD"])
+            e = {**base, "type": "deal.won", "deal_id": f"d{i}", "amount": amount, "currency": currency}
+            if rnd.random() < 0.5:
+                e["deal_created_at"] = (t - timedelta(seconds=rnd.uniform(1, 86400))).isoformat()
         elif roll < 0.5:
             e = {**base, "type": "deal.lost", "deal_id": f"d{i}"}
         elif roll < 0.7:
             tid = f"t{i}"
-            opened_at = now - timedelta(seconds=rnd.uniform(1800, 3300))
+            opened_at = now - timedelta(seconds=rnd.uniform(span_s * 0.55, span_s))
             e = {
                 **base,
                 "occurred_at": opened_at.isoformat(),
@@ -54,7 +58,7 @@ def make_stream(n: int, seed: int, now: datetime) -> tuple[list[dict[str, Any]],
             open_tickets.append((tid, opened_at))
         elif roll < 0.85 and open_tickets:
             tid, opened_at = open_tickets.pop(rnd.randrange(len(open_tickets)))
-            answered_at = opened_at + timedelta(seconds=rnd.uniform(1, 1700))
+            answered_at = opened_at + timedelta(seconds=rnd.uniform(1, span_s * 0.5))
             e = {**base, "occurred_at": answered_at.isoformat(), "type": "ticket.answered", "ticket_id": tid}
         else:
             kind = rnd.choice(["nps", "csat", "ces"])
