@@ -6,18 +6,27 @@ not one per event; entity states are merged here and only their changes leave.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.joins import ENTITIES, Contribution, JoinContext
+from stream.joins import KINDS_BY_TYPE, Contribution, JoinContext
 from stream.keys import Keys
-from stream.kpis import event_fields
+from stream.kpis import EVENT_MEMBERS, KpiConfig, event_fields
 from stream.windows import US, Window
 
 __all__ = ["BatchDelta", "FoldContext", "entity_keys", "fold"]
+
+
+@functools.lru_cache(maxsize=1)
+def settings_config() -> KpiConfig:
+    """The KPI settings from the environment, read once per process (default of FoldContext.config)."""
+    from stream.config import load_settings
+
+    return load_settings().kpi_config()
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class FoldContext:
     lead_sources: frozenset[str]
     sla: Mapping[str, float]
     keys: Keys
+    config: KpiConfig = field(default_factory=settings_config)
 
 
 @dataclass
@@ -37,7 +47,10 @@ class BatchDelta:
 
     buckets: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
     expire_at: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Exact distinct counts: (window label, bucket, name) -> {member: count delta}.
+    distinct: dict[tuple[str, int, str], dict[str, int]] = field(default_factory=dict)
     entity_writes: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    persistent: set[str] = field(default_factory=set)  # entity keys written without TTL
     zadd: dict[tuple[str, str], float] = field(default_factory=dict)
     zrem: set[tuple[str, str]] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
@@ -50,9 +63,10 @@ def entity_keys(events: Sequence[Any], keys: Keys) -> list[str]:
     """Redis keys of every entity state the events touch (to read before folding)."""
     out: dict[str, None] = {}
     for ev in events:
-        for kind in ENTITIES:
-            if ev.type in kind.types:
-                out[keys.entity(kind.tag, kind.id_of(ev))] = None
+        for kind in KINDS_BY_TYPE.get(ev.type, ()):
+            entity_id = kind.id_of(ev)
+            if entity_id is not None:
+                out[keys.entity(kind.tag, entity_id)] = None
     return list(out)
 
 
@@ -70,6 +84,7 @@ class _Buckets:
         self._first = [w.first_bucket(ctx.now_s) for w in ctx.windows]
         self.oldest_us = int((ctx.now_s - max(w.seconds for w in ctx.windows)) * US)
         self.fine: dict[tuple[int, str], int] = {}
+        self.members: dict[tuple[int, str, str], int] = {}
 
     def add(self, t_us: int, items: Iterable[tuple[str, int]]) -> bool:
         """Add items at event time t_us; False (nothing added) when t_us is late."""
@@ -81,6 +96,13 @@ class _Buckets:
             key = (m, name)
             fine[key] = fine.get(key, 0) + value
         return True
+
+    def add_member(self, t_us: int, name: str, member: str, value: int) -> None:
+        """Count `member` of distinct set `name` at t_us (late times are dropped)."""
+        if t_us < self.oldest_us:
+            return
+        key = (t_us // self._fine_us, name, member)
+        self.members[key] = self.members.get(key, 0) + value
 
     def spread(self, delta: BatchDelta) -> None:
         """Write the collected counters into each window's buckets (non-zero ones only)."""
@@ -98,6 +120,19 @@ class _Buckets:
                     target = delta.buckets[key] = {}
                     delta.expire_at[key] = window.expire_at(k)
                 target[name] = target.get(name, 0) + value
+        for (m, name, member), value in self.members.items():
+            if not value:
+                continue
+            for window, first in zip(self._windows, self._first, strict=True):
+                k = m * fine_s // window.bucket_seconds
+                if k < first:
+                    continue
+                dkey = (window.label, k, name)
+                counts = delta.distinct.get(dkey)
+                if counts is None:
+                    counts = delta.distinct[dkey] = {}
+                    delta.expire_at.setdefault((window.label, k), window.expire_at(k))
+                counts[member] = counts.get(member, 0) + value
 
 
 def fold(events: Sequence[tuple[Any, int]], states: Mapping[str, str | None], ctx: FoldContext) -> BatchDelta:
@@ -110,17 +145,23 @@ def fold(events: Sequence[tuple[Any, int]], states: Mapping[str, str | None], ct
     delta = BatchDelta()
     buckets = _Buckets(ctx)
     lead_sources = ctx.lead_sources
+    lost_reasons = ctx.config.lost_reasons
     touched: dict[str, tuple[Any, Any, str, Any]] = {}  # key -> (old, new, id, kind)
+    kinds_by_type = KINDS_BY_TYPE
     for ev, t_us in events:
         kind_name = ev.type
         delta.processed[kind_name] += 1
         if delta.newest_us is None or t_us > delta.newest_us:
             delta.newest_us = t_us
-        if not buckets.add(t_us, event_fields(ev, lead_sources)):
+        if not buckets.add(t_us, event_fields(ev, lead_sources, lost_reasons)):
             delta.late += 1
-        for kind in ENTITIES:
-            if kind_name in kind.types:
-                entity_id = kind.id_of(ev)
+        members = EVENT_MEMBERS.get(kind_name)
+        if members is not None:
+            name, member = members(ev)
+            buckets.add_member(t_us, name, member, 1)
+        for kind in kinds_by_type.get(kind_name, ()):
+            entity_id = kind.id_of(ev)
+            if entity_id is not None:
                 key = ctx.keys.entity(kind.tag, entity_id)
                 if key in touched:
                     old, cur, _, _ = touched[key]
@@ -133,7 +174,9 @@ def fold(events: Sequence[tuple[Any, int]], states: Mapping[str, str | None], ct
         if old_raw == new_raw:
             continue
         delta.entity_writes[key] = (states.get(key), new_raw)
-        jctx = JoinContext(entity_id, ctx.sla)
+        if new.persistent():
+            delta.persistent.add(key)
+        jctx = JoinContext(entity_id, ctx.sla, ctx.config)
         _apply_difference(delta, buckets, old.contribute(jctx), new.contribute(jctx))
 
     buckets.spread(delta)
@@ -145,6 +188,10 @@ def _apply_difference(delta: BatchDelta, buckets: _Buckets, old: Contribution, n
         buckets.add(t_us, [(name, value)])
     for t_us, name, value in old.window:
         buckets.add(t_us, [(name, -value)])
+    for t_us, name, member, value in new.members:
+        buckets.add_member(t_us, name, member, value)
+    for t_us, name, member, value in old.members:
+        buckets.add_member(t_us, name, member, -value)
     for name in old.counters.keys() | new.counters.keys():
         d = new.counters.get(name, 0) - old.counters.get(name, 0)
         if d:

@@ -6,10 +6,14 @@ A bad value stops start-up with one line naming the setting (`SettingsError`).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from datetime import date
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from stream.kpis import KpiConfig
 
 __all__ = ["Priority", "Settings", "SettingsError", "load_settings", "parse_duration"]
 
@@ -120,6 +124,26 @@ class Settings(BaseSettings):
         default_factory=lambda: ["web", "referral", "ads", "event", "partner", "email", "social"]
     )
 
+    # Full catalog (SPEC §5.2): label allow-lists, business hours, churn risk
+    lead_lost_reasons: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
+        default_factory=lambda: [
+            "no response",
+            "not a fit",
+            "no budget",
+            "competitor",
+            "duplicate",
+            "bad timing",
+            "spam",
+        ]
+    )
+    deal_stages: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
+        default_factory=lambda: ["new", "qualification", "proposal", "negotiation"]
+    )
+    business_hours: str = "mon-fri 09:00-17:00"
+    business_timezone: str = "UTC"
+    business_holidays: Annotated[list[date], NoDecode, BeforeValidator(_csv)] = Field(default_factory=list)
+    churn_risk_threshold: int = Field(4, ge=1, le=1000)
+
     # Worker batching
     batch_max_records: int = Field(4000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(50, ge=0, le=60_000)
@@ -141,6 +165,32 @@ class Settings(BaseSettings):
             raise ValueError("windows repeat")
         return sorted(v)
 
+    @field_validator("business_hours")
+    @classmethod
+    def _check_hours(cls, v: str) -> str:
+        from stream.business_hours import parse_hours
+
+        parse_hours(v)
+        return v
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _check_tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)") from None
+        return v
+
+    @field_validator("lead_lost_reasons", "deal_stages")
+    @classmethod
+    def _check_labels(cls, v: list[str]) -> list[str]:
+        if any("|" in x or len(x) > 64 for x in v):
+            raise ValueError("labels must be at most 64 characters and contain no '|'")
+        return v
+
     @field_validator("sla")
     @classmethod
     def _check_sla(cls, v: dict[str, float]) -> dict[str, float]:
@@ -153,6 +203,21 @@ class Settings(BaseSettings):
         if any(d <= 0 for d in v.values()):
             raise ValueError("SLA durations must be > 0")
         return v
+
+    def kpi_config(self) -> KpiConfig:
+        """The settings the KPI fold and read-outs need (allow-lists, schedule, thresholds)."""
+        from stream.business_hours import Schedule, parse_hours
+        from stream.kpis import KpiConfig
+
+        return KpiConfig(
+            lead_sources=frozenset(self.lead_sources),
+            lost_reasons=frozenset(self.lead_lost_reasons),
+            stages=tuple(self.deal_stages),
+            schedule=Schedule(
+                self.business_timezone, parse_hours(self.business_hours), frozenset(self.business_holidays)
+            ),
+            risk_threshold=self.churn_risk_threshold,
+        )
 
     def topic(self, family: str) -> str:
         """Full topic name of a family ('tickets' -> 'crm.tickets')."""

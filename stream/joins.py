@@ -13,19 +13,30 @@ one as the first.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from stream import sketch
-from stream.kpis import Field
+import orjson
+
+from stream import churn_risk, sketch
+from stream.business_hours import business_us
+from stream.kpis import DEFAULT_CONFIG, Field, KpiConfig, amount_micros
 
 __all__ = [
     "ENTITIES",
+    "KINDS_BY_TYPE",
     "Contribution",
+    "CustomerState",
     "DealState",
     "EntityKind",
+    "InvoiceState",
+    "OrderHistory",
+    "OrderState",
+    "QuoteState",
+    "RiskState",
     "TicketState",
     "to_us",
 ]
@@ -44,6 +55,7 @@ class Contribution:
     """What one entity state adds: windowed counters at event times, and current state."""
 
     window: list[tuple[int, str, int]] = field(default_factory=list)  # (t_us, field, delta)
+    members: list[tuple[int, str, str, int]] = field(default_factory=list)  # (t_us, distinct name, member, delta)
     counters: dict[str, int] = field(default_factory=dict)  # non-windowed counters
     zmembers: set[tuple[str, str, float]] = field(default_factory=set)  # (zset, member, score)
 
@@ -57,7 +69,7 @@ class _State:
     _ints: ClassVar[frozenset[str]] = frozenset()
 
     def encode(self) -> str:
-        return "|".join("" if v is None else str(v) for v in (getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
+        return "|".join(_quote(v) for v in (getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
 
     @classmethod
     def decode(cls: type[S], raw: str | None) -> S:
@@ -65,8 +77,26 @@ class _State:
             return cls()
         values: dict[str, Any] = {}
         for f, part in zip(fields(cls), raw.split("|"), strict=False):  # type: ignore[arg-type]
-            values[f.name] = None if part == "" else (int(part) if f.name in cls._ints else part)
+            values[f.name] = None if part == "" else (int(part) if f.name in cls._ints else _unquote(part))
         return cls(**values)
+
+    def persistent(self) -> bool:
+        """True when the state must outlive the state TTL (it holds open "current" figures)."""
+        return False
+
+
+def _quote(value: object) -> str:
+    # Free-text parts (ids, labels) may hold the separator: escape it and the escape.
+    if value is None:
+        return ""
+    text = str(value)
+    if "%" in text or "|" in text:
+        text = text.replace("%", "%25").replace("|", "%7C")
+    return text
+
+
+def _unquote(part: str) -> str:
+    return part.replace("%7C", "|").replace("%25", "%") if "%" in part else part
 
 
 def _earlier(current: int | None, candidate: int) -> bool:
@@ -82,8 +112,24 @@ class TicketState(_State):
     hint_us: int | None = None
     hint_priority: str | None = None
     answered_us: int | None = None
+    resolved_us: int | None = None  # first resolution
+    last_resolved_us: int | None = None
+    last_reopened_us: int | None = None
 
-    _ints: ClassVar[frozenset[str]] = frozenset({"opened_us", "hint_us", "answered_us"})
+    _ints: ClassVar[frozenset[str]] = frozenset(
+        {"opened_us", "hint_us", "answered_us", "resolved_us", "last_resolved_us", "last_reopened_us"}
+    )
+
+    def in_backlog(self) -> bool:
+        """Opened, and not resolved unless reopened at or after its latest resolution."""
+        if self.opened_us is None:
+            return False
+        if self.last_resolved_us is None:
+            return True
+        return self.last_reopened_us is not None and self.last_reopened_us >= self.last_resolved_us
+
+    def persistent(self) -> bool:
+        return self.in_backlog()
 
     def merge(self, event: Any, t_us: int) -> TicketState:
         """The state after `event` (ticket.opened / ticket.answered); self is unchanged."""
@@ -99,6 +145,13 @@ class TicketState(_State):
             # SPEC §3.2: only a public answer by an agent is a response.
             if event.public and event.author == "agent" and _earlier(new.answered_us, t_us):
                 new.answered_us = t_us
+        elif event.type == "ticket.resolved":
+            if _earlier(new.resolved_us, t_us):
+                new.resolved_us = t_us
+            if new.last_resolved_us is None or t_us > new.last_resolved_us:
+                new.last_resolved_us = t_us
+        elif event.type == "ticket.reopened" and (new.last_reopened_us is None or t_us > new.last_reopened_us):
+            new.last_reopened_us = t_us
         return new
 
     def contribute(self, ctx: JoinContext) -> Contribution:
@@ -118,8 +171,15 @@ class TicketState(_State):
             ]
             if rt_us > ctx.sla[prio] * 1_000_000:
                 out.window.append((at, Field.fr_breach(prio), 1))
+            business = business_us(opening, self.answered_us, ctx.config.schedule)
+            out.window.append((at, Field.business_fr_bucket(sketch.bucket_index(business / 1e6)), 1))
         if self.opened_us is not None and self.answered_us is None:
             out.zmembers.add((Field.awaiting(self.priority or "normal"), ctx.entity_id, self.opened_us / 1e6))
+        if self.resolved_us is not None and opening is not None:
+            resolution = max(0, self.resolved_us - opening)
+            out.window.append((self.resolved_us, Field.resolution_bucket(sketch.bucket_index(resolution / 1e6)), 1))
+        if self.in_backlog():
+            out.counters[Field.tickets_open(self.priority or "normal")] = 1
         return out
 
 
@@ -130,15 +190,42 @@ class DealState(_State):
     created_us: int | None = None
     created_hint_us: int | None = None
     won_us: int | None = None
+    lost_us: int | None = None
+    stage_us: int | None = None  # time of the latest stage seen
+    stage: str | None = None
+    amount_micros: int | None = None  # of the (earliest) deal.created
+    currency: str | None = None
 
-    _ints: ClassVar[frozenset[str]] = frozenset({"created_us", "created_hint_us", "won_us"})
+    _ints: ClassVar[frozenset[str]] = frozenset(
+        {"created_us", "created_hint_us", "won_us", "lost_us", "stage_us", "amount_micros"}
+    )
+
+    def is_open(self) -> bool:
+        return self.created_us is not None and self.won_us is None and self.lost_us is None
+
+    def persistent(self) -> bool:
+        return self.is_open()
+
+    def _see_stage(self, t_us: int, stage: str) -> None:
+        # Latest stage wins; equal times break on the name, so arrival order never matters.
+        if self.stage_us is None or (t_us, stage) > (self.stage_us, self.stage or ""):
+            self.stage_us, self.stage = t_us, stage
 
     def merge(self, event: Any, t_us: int) -> DealState:
-        """The state after `event` (deal.created / deal.won); self is unchanged."""
+        """The state after a deal event; self is unchanged."""
         new = replace(self)
         if event.type == "deal.created":
             if _earlier(new.created_us, t_us):
                 new.created_us = t_us
+                amount = getattr(event, "amount", None)
+                new.amount_micros = None if amount is None else amount_micros(amount)
+                new.currency = getattr(event, "currency", None)
+            new._see_stage(t_us, getattr(event, "stage", "new"))
+        elif event.type == "deal.stage_changed":
+            new._see_stage(t_us, event.stage)
+        elif event.type == "deal.lost":
+            if _earlier(new.lost_us, t_us):
+                new.lost_us = t_us
         elif event.type == "deal.won":
             if _earlier(new.won_us, t_us):
                 new.won_us = t_us
@@ -157,21 +244,264 @@ class DealState(_State):
                 (self.won_us, Field.CYCLE_N, 1),
                 (self.won_us, Field.CYCLE_US, self.won_us - created),
             ]
+        if self.is_open():
+            stage = self.stage if self.stage in ctx.config.stages else "other"
+            out.counters[Field.deals_open(stage)] = 1
+            if self.currency is not None and self.amount_micros:
+                out.counters[Field.pipeline(self.currency)] = self.amount_micros
+        return out
+
+
+@dataclass
+class CustomerState(_State):
+    """A customer: earliest acquisition and earliest churn."""
+
+    acquired_us: int | None = None
+    churned_us: int | None = None
+
+    _ints: ClassVar[frozenset[str]] = frozenset({"acquired_us", "churned_us"})
+
+    def merge(self, event: Any, t_us: int) -> CustomerState:
+        new = replace(self)
+        if event.type == "customer.acquired":
+            if _earlier(new.acquired_us, t_us):
+                new.acquired_us = t_us
+        elif event.type == "customer.churned" and _earlier(new.churned_us, t_us):
+            new.churned_us = t_us
+        return new
+
+    def contribute(self, ctx: JoinContext) -> Contribution:
+        """Acquired / churned customers, in the window of each and in the current totals."""
+        out = Contribution()
+        if self.acquired_us is not None:
+            out.window.append((self.acquired_us, Field.CUSTOMERS_ACQUIRED, 1))
+            out.counters[Field.CUR_ACQUIRED] = 1
+        if self.churned_us is not None:
+            out.window.append((self.churned_us, Field.CUSTOMERS_CHURNED, 1))
+            out.counters[Field.CUR_CHURNED] = 1
+        return out
+
+
+@dataclass
+class InvoiceState(_State):
+    """An invoice: issue (amount, currency, due date) and payment."""
+
+    issued_us: int | None = None
+    amount_micros: int | None = None
+    currency: str | None = None
+    due_us: int | None = None
+    paid_us: int | None = None
+
+    _ints: ClassVar[frozenset[str]] = frozenset({"issued_us", "amount_micros", "due_us", "paid_us"})
+
+    def unpaid(self) -> bool:
+        return self.issued_us is not None and self.paid_us is None
+
+    def persistent(self) -> bool:
+        return self.unpaid()
+
+    def merge(self, event: Any, t_us: int) -> InvoiceState:
+        new = replace(self)
+        if event.type == "invoice.issued":
+            if _earlier(new.issued_us, t_us):
+                new.issued_us = t_us
+                new.amount_micros, new.currency = amount_micros(event.amount), event.currency
+                new.due_us = to_us(event.due_at)
+        elif event.type == "invoice.paid" and _earlier(new.paid_us, t_us):
+            new.paid_us = t_us
+        return new
+
+    def contribute(self, ctx: JoinContext) -> Contribution:
+        """Receivables per currency and the overdue set (scored by due_at) while unpaid."""
+        out = Contribution()
+        if self.unpaid():
+            assert self.currency is not None and self.due_us is not None
+            if self.amount_micros:
+                out.counters[Field.receivables(self.currency)] = self.amount_micros
+            out.zmembers.add((Field.OVERDUE, ctx.entity_id, self.due_us / 1e6))
+        return out
+
+
+@dataclass
+class OrderState(_State):
+    """An order: placement (customer, amount, promised delivery) and delivery."""
+
+    placed_us: int | None = None
+    customer_id: str | None = None
+    amount_micros: int | None = None
+    currency: str | None = None
+    promised_us: int | None = None
+    delivered_us: int | None = None
+
+    _ints: ClassVar[frozenset[str]] = frozenset({"placed_us", "amount_micros", "promised_us", "delivered_us"})
+
+    def merge(self, event: Any, t_us: int) -> OrderState:
+        new = replace(self)
+        if event.type == "order.placed":
+            if _earlier(new.placed_us, t_us):
+                new.placed_us, new.customer_id = t_us, event.customer_id
+                new.amount_micros, new.currency = amount_micros(event.amount), event.currency
+                new.promised_us = None if event.promised_at is None else to_us(event.promised_at)
+        elif event.type == "order.delivered" and _earlier(new.delivered_us, t_us):
+            new.delivered_us = t_us
+        return new
+
+    def contribute(self, ctx: JoinContext) -> Contribution:
+        """Order count, amount and buyer at the placement; on-time delivery at the delivery."""
+        out = Contribution()
+        if self.placed_us is not None:
+            assert self.currency is not None and self.customer_id is not None
+            at = self.placed_us
+            out.window.append((at, Field.orders(self.currency), 1))
+            if self.amount_micros:
+                out.window.append((at, Field.order_amount(self.currency), self.amount_micros))
+            out.members.append((at, Field.BUYERS, self.customer_id, 1))
+            if self.delivered_us is not None and self.promised_us is not None:
+                out.window.append((self.delivered_us, Field.DELIVERIES, 1))
+                if self.delivered_us <= self.promised_us:
+                    out.window.append((self.delivered_us, Field.DELIVERIES_ON_TIME, 1))
+        return out
+
+
+@dataclass
+class QuoteState(_State):
+    """A quote: when it was sent, and the earliest order that carried its id."""
+
+    sent_us: int | None = None
+    ordered_us: int | None = None
+
+    _ints: ClassVar[frozenset[str]] = frozenset({"sent_us", "ordered_us"})
+
+    def merge(self, event: Any, t_us: int) -> QuoteState:
+        new = replace(self)
+        if event.type == "quote.sent":
+            if _earlier(new.sent_us, t_us):
+                new.sent_us = t_us
+        elif event.type == "order.placed" and _earlier(new.ordered_us, t_us):
+            new.ordered_us = t_us
+        return new
+
+    def contribute(self, ctx: JoinContext) -> Contribution:
+        """One quote-to-order at the order's time, once the quote is known as sent."""
+        out = Contribution()
+        if self.sent_us is not None and self.ordered_us is not None:
+            out.window.append((self.ordered_us, Field.QUOTE_ORDERS, 1))
+        return out
+
+
+ORDER_HISTORY_US = 365 * 86400 * 1_000_000
+_HISTORY_KEEP_US = ORDER_HISTORY_US + 45 * 86400 * 1_000_000
+_HISTORY_MAX = 200
+
+
+@dataclass
+class OrderHistory:
+    """One customer's recent orders (time, order id), for the interval between orders.
+
+    Bounded: orders more than 410 days older than the customer's newest are
+    dropped, and at most 200 kept (the newest). Both rules depend only on the
+    set of orders seen, so arrival order still does not matter.
+    """
+
+    orders: tuple[tuple[int, str], ...] = ()
+
+    def encode(self) -> str:
+        return orjson.dumps(self.orders).decode() if self.orders else ""
+
+    @classmethod
+    def decode(cls, raw: str | None) -> OrderHistory:
+        if not raw:
+            return cls()
+        return cls(tuple((int(t), str(o)) for t, o in orjson.loads(raw)))
+
+    def persistent(self) -> bool:
+        return False
+
+    def merge(self, event: Any, t_us: int) -> OrderHistory:
+        by_id = dict((o, t) for t, o in self.orders)
+        if event.order_id not in by_id or t_us < by_id[event.order_id]:
+            by_id[event.order_id] = t_us
+        items = sorted((t, o) for o, t in by_id.items())
+        newest = items[-1][0]
+        kept = [item for item in items if item[0] >= newest - _HISTORY_KEEP_US][-_HISTORY_MAX:]
+        return OrderHistory(tuple(kept))
+
+    def contribute(self, ctx: JoinContext) -> Contribution:
+        """For each order with a previous one within 365 days: the interval, at the order's time."""
+        out = Contribution()
+        for (t0, _), (t1, _) in itertools.pairwise(self.orders):
+            gap = t1 - t0
+            if gap <= ORDER_HISTORY_US:
+                out.window += [(t1, Field.INTERVAL_N, 1), (t1, Field.INTERVAL_US, gap)]
+        return out
+
+
+@dataclass
+class RiskState:
+    """One customer's churn-risk items of the last 30 days (before their newest) and churn.
+
+    Items are keyed (a ticket by its id, a survey answer by its event id); a
+    repeated key keeps its earliest time. Items 30 days or more older than the
+    newest can never count again and are dropped: the state stays small and
+    depends only on the set of events seen.
+    """
+
+    churned_us: int | None = None
+    items: tuple[churn_risk.Item, ...] = ()
+
+    def encode(self) -> str:
+        if self.churned_us is None and not self.items:
+            return ""
+        return orjson.dumps([self.churned_us, self.items]).decode()
+
+    @classmethod
+    def decode(cls, raw: str | None) -> RiskState:
+        if not raw:
+            return cls()
+        churned, items = orjson.loads(raw)
+        return cls(churned, tuple((int(t), str(c), str(k)) for t, c, k in items))
+
+    def persistent(self) -> bool:
+        return False
+
+    def merge(self, event: Any, t_us: int) -> RiskState:
+        if event.type == "customer.churned":
+            if _earlier(self.churned_us, t_us):
+                return RiskState(t_us, self.items)
+            return self
+        code, key = churn_risk.item_of(event)
+        by_key = {k: (t, c) for t, c, k in self.items}
+        if key in by_key and by_key[key] <= (t_us, code):
+            return self
+        by_key[key] = (t_us, code)
+        items = sorted((t, c, k) for k, (t, c) in by_key.items())
+        newest = items[-1][0]
+        return RiskState(self.churned_us, tuple(i for i in items if i[0] > newest - churn_risk.WINDOW_US))
+
+    def contribute(self, ctx: JoinContext) -> Contribution:
+        """Membership of the at-risk set, scored by when the customer falls under the threshold."""
+        out = Contribution()
+        if self.churned_us is None and self.items:
+            expiry = churn_risk.expiry_us(self.items, ctx.config.risk_threshold)
+            if expiry is not None:
+                out.zmembers.add((Field.AT_RISK, ctx.entity_id, expiry / 1e6))
         return out
 
 
 @dataclass(frozen=True)
 class JoinContext:
-    """What `contribute` may know beyond the state: the entity's id and the SLAs (s)."""
+    """What `contribute` may know beyond the state: the entity's id, the SLAs (s), the KPI settings."""
 
     entity_id: str
     sla: Mapping[str, float]
+    config: KpiConfig = DEFAULT_CONFIG
 
 
 class _Stateful(Protocol):
     def merge(self, event: Any, t_us: int) -> Any: ...
     def contribute(self, ctx: JoinContext) -> Contribution: ...
     def encode(self) -> str: ...
+    def persistent(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -180,11 +510,44 @@ class EntityKind:
 
     tag: str
     types: frozenset[str]
-    id_of: Callable[[Any], str]
+    id_of: Callable[[Any], str | None]  # None: this event does not touch an entity of the kind
     decode: Callable[[str | None], Any]
 
 
+def _risk_id(event: Any) -> str | None:
+    # getattr: in-memory tests build bare events; every valid ticket/survey/churn carries a customer.
+    return getattr(event, "customer_id", None) if churn_risk.relevant(event) else None
+
+
 ENTITIES: tuple[EntityKind, ...] = (
-    EntityKind("t", frozenset({"ticket.opened", "ticket.answered"}), lambda e: e.ticket_id, TicketState.decode),
-    EntityKind("d", frozenset({"deal.created", "deal.won"}), lambda e: e.deal_id, DealState.decode),
+    EntityKind(
+        "t",
+        frozenset({"ticket.opened", "ticket.answered", "ticket.resolved", "ticket.reopened"}),
+        lambda e: e.ticket_id,
+        TicketState.decode,
+    ),
+    EntityKind(
+        "d",
+        frozenset({"deal.created", "deal.won", "deal.lost", "deal.stage_changed"}),
+        lambda e: e.deal_id,
+        DealState.decode,
+    ),
+    EntityKind(
+        "c", frozenset({"customer.acquired", "customer.churned"}), lambda e: e.customer_id, CustomerState.decode
+    ),
+    EntityKind("i", frozenset({"invoice.issued", "invoice.paid"}), lambda e: e.invoice_id, InvoiceState.decode),
+    EntityKind("o", frozenset({"order.placed", "order.delivered"}), lambda e: e.order_id, OrderState.decode),
+    EntityKind(
+        "q",
+        frozenset({"quote.sent", "order.placed"}),
+        lambda e: e.quote_id,  # an order without a quote_id touches no quote
+        QuoteState.decode,
+    ),
+    EntityKind("oh", frozenset({"order.placed"}), lambda e: e.customer_id, OrderHistory.decode),
+    EntityKind("rk", churn_risk.TYPES, _risk_id, RiskState.decode),
 )
+
+KINDS_BY_TYPE: dict[str, tuple[EntityKind, ...]] = {}
+for _kind in ENTITIES:
+    for _type in _kind.types:
+        KINDS_BY_TYPE[_type] = (*KINDS_BY_TYPE.get(_type, ()), _kind)

@@ -38,6 +38,13 @@ class Keys:
     def bucket_prefix(self, window_label: str) -> str:
         return f"{self.tag}:w:{window_label}:"
 
+    def distinct(self, window_label: str, bucket: int, name: str) -> str:
+        """Hash member -> count of one exact distinct count (e.g. active users) in one window bucket."""
+        return f"{self.tag}:wd:{window_label}:{bucket}:{name}"
+
+    def distinct_prefix(self, window_label: str) -> str:
+        return f"{self.tag}:wd:{window_label}:"
+
     def dedupe(self, slot: int) -> str:
         """Set of event-id digests first seen in dedupe slot `slot` (processing time)."""
         return f"{self.tag}:dd:{slot}"

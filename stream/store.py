@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from stream.aggregate import BatchDelta
 from stream.keys import Keys
-from stream.kpis import Current, Totals, ZStat, zset_queries
+from stream.kpis import DISTINCT_NAMES, UNPRUNED_ZSETS, Current, KpiConfig, Totals, ZStat, zset_queries
 from stream.windows import Window
 
 __all__ = [
@@ -111,14 +111,21 @@ class AsyncStore:
         argv.append(len(digests))
         argv += digests
         argv.append(len(delta.entity_writes))
+        ttl_ms = int(self.state_ttl_s * 1000)
         for key, (old_state, new_state) in delta.entity_writes.items():
-            argv += [key, old_state or "", new_state]
-        argv.append(int(self.state_ttl_s * 1000))
+            # Entities holding open "current" figures (an unpaid invoice, an open deal, a
+            # backlog ticket) outlive the TTL, or their closing event could not retract them.
+            argv += [key, old_state or "", new_state, 0 if key in delta.persistent else ttl_ms]
         argv.append(len(delta.buckets))
         for (label, bucket), fields in delta.buckets.items():
             argv += [self.keys.bucket(label, bucket), delta.expire_at[(label, bucket)], len(fields)]
             for name, value in fields.items():
                 argv += [name, value]
+        argv.append(len(delta.distinct))
+        for (label, bucket, dname), counts in delta.distinct.items():
+            argv += [self.keys.distinct(label, bucket, dname), delta.expire_at[(label, bucket)], len(counts)]
+            for member, value in counts.items():
+                argv += [member, value]
         argv += [self.keys.current, len(delta.counters)]
         for name, value in delta.counters.items():
             argv += [name, value]
@@ -128,7 +135,7 @@ class AsyncStore:
         argv.append(len(delta.zrem))
         for zset, member in delta.zrem:
             argv += [self.keys.zset(zset), member]
-        zsets = sorted({z for z, _ in delta.zadd})
+        zsets = sorted({z for z, _ in delta.zadd} - UNPRUNED_ZSETS)
         argv.append(len(zsets))
         for zset in zsets:
             argv += [self.keys.zset(zset), repr(now_s - self.state_ttl_s)]
@@ -161,15 +168,31 @@ def read_snapshot(
     sla: Mapping[str, float],
     now_s: float,
     future_skew_s: float,
+    config: KpiConfig | None = None,
 ) -> Snapshot:
-    """Read all windows' summed counters and the current state in one Lua call (sync)."""
+    """Read all windows' summed counters and the current state in one Lua call (sync).
+
+    Each window's totals also carry its exact distinct counts (`Field.distinct`,
+    `Field.repeat`) and the current counters (`Totals.current`).
+    """
+    if config is None:
+        from stream.aggregate import settings_config
+
+        config = settings_config()
     script = _read_script.get(id(client))
     if script is None:
         script = _read_script[id(client)] = client.register_script(_script("read.lua"))
     queries = zset_queries(now_s, sla)
     argv: list[Any] = [len(windows)]
     for w in windows:
-        argv += [keys.bucket_prefix(w.label), w.first_bucket(now_s), w.last_bucket(now_s, future_skew_s)]
+        argv += [
+            keys.bucket_prefix(w.label),
+            keys.distinct_prefix(w.label),
+            w.first_bucket(now_s),
+            w.last_bucket(now_s, future_skew_s),
+        ]
+    argv.append(len(DISTINCT_NAMES))
+    argv += DISTINCT_NAMES
     argv += [keys.current, len(queries)]
     for name, threshold in queries.items():
         argv += [keys.zset(name), repr(threshold)]
@@ -179,8 +202,10 @@ def read_snapshot(
         totals[w.label] = Totals((_text(flat[j]), int(float(flat[j + 1]))) for j in range(0, len(flat), 2))
     cur_flat = reply[len(windows)]
     counters = {_text(cur_flat[j]): int(cur_flat[j + 1]) for j in range(0, len(cur_flat), 2)}
+    for t in totals.values():
+        t.current = counters
     zstats: dict[str, ZStat] = {}
     for name, (size, below, lowest) in zip(queries, reply[len(windows) + 1 :], strict=True):
         low = _text(lowest)
         zstats[name] = ZStat(int(size), int(below), float(low) if low else None)
-    return Snapshot(totals, Current(counters, zstats, now_s, dict(sla)))
+    return Snapshot(totals, Current(counters, zstats, now_s, dict(sla), totals, config.stages))

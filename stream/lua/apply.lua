@@ -39,11 +39,10 @@ local n_ent = num()
 local ent_from = i + 1
 for _ = 1, n_ent do
   local key, old = nxt(), nxt()
-  i = i + 1 -- new value, written below
+  i = i + 2 -- new value and TTL (ms, 0 = none), used below
   local cur = redis.call('GET', key) or ''
   if cur ~= old then return {'entity', key} end
 end
-local ent_ttl_ms = num()
 
 -- All checks passed: write.
 for from = ids_from, ids_from + n_ids - 1, CHUNK do
@@ -53,8 +52,13 @@ end
 if n_ids > 0 then redis.call('EXPIREAT', dd_key, dd_expire_at) end
 
 for j = 0, n_ent - 1 do
-  local at = ent_from + 3 * j
-  redis.call('SET', argv[at], argv[at + 2], 'PX', ent_ttl_ms)
+  local at = ent_from + 4 * j
+  local ttl = tonumber(argv[at + 3])
+  if ttl > 0 then
+    redis.call('SET', argv[at], argv[at + 2], 'PX', ttl)
+  else
+    redis.call('SET', argv[at], argv[at + 2])
+  end
 end
 
 local n_buckets = num()
@@ -62,6 +66,17 @@ for _ = 1, n_buckets do
   local key, expire_at, n_fields = nxt(), nxt(), num()
   for _ = 1, n_fields do
     redis.call('HINCRBY', key, nxt(), nxt())
+  end
+  redis.call('EXPIREAT', key, expire_at)
+end
+
+-- Exact distinct counts: member -> count per window bucket; a member at 0 is removed.
+local n_distinct = num()
+for _ = 1, n_distinct do
+  local key, expire_at, n_members = nxt(), nxt(), num()
+  for _ = 1, n_members do
+    local member, by = nxt(), nxt()
+    if redis.call('HINCRBY', key, member, by) <= 0 then redis.call('HDEL', key, member) end
   end
   redis.call('EXPIREAT', key, expire_at)
 end

@@ -1,0 +1,120 @@
+"""Business-hours clock (SPEC §5.2): elapsed time counting only working hours. Pure.
+
+A `Schedule` is a time zone, weekly opening intervals in local wall-clock time
+and holiday dates (local). `business_seconds(start_us, end_us, schedule)` sums
+the overlap of [start, end] with the opening intervals, day by day in the
+schedule's zone, so DST changes and UTC offsets are handled by `zoneinfo`: an
+interval from 09:00 to 17:00 local lasts 8 h of real time on a DST day too,
+and a wall-clock time that does not exist (spring-forward gap) is read with
+the offset before the change.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+__all__ = ["DAYS", "Schedule", "business_seconds", "parse_hours"]
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_US = 1_000_000
+_RANGE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
+
+Intervals = tuple[tuple[int, int], ...]  # (start, end) seconds of the local day, end <= 86400
+
+
+def _default_week() -> tuple[Intervals, ...]:
+    nine_to_five: Intervals = ((9 * 3600, 17 * 3600),)
+    return (nine_to_five,) * 5 + ((), ())
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Weekly opening hours (Monday first) in `tz`, and closed dates."""
+
+    tz: str = "UTC"
+    week: tuple[Intervals, ...] = field(default_factory=_default_week)
+    holidays: frozenset[date] = frozenset()
+
+
+def _day_index(name: str) -> int:
+    try:
+        return DAYS.index(name.strip().lower()[:3])
+    except ValueError:
+        raise ValueError(f"unknown day {name!r} (use mon..sun)") from None
+
+
+def parse_hours(text: str) -> tuple[Intervals, ...]:
+    """Parse 'mon-fri 09:00-17:00; sat 10:00-12:00,13:00-15:00' into the weekly table.
+
+    Days not named are closed; '24:00' ends a day. Intervals of a day must not overlap.
+    """
+    week: list[list[tuple[int, int]]] = [[] for _ in DAYS]
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        days_text, _, ranges_text = part.partition(" ")
+        if not ranges_text.strip():
+            raise ValueError(f"expected 'days hh:mm-hh:mm', got {part!r}")
+        lo, _, hi = days_text.partition("-")
+        first = _day_index(lo)
+        last = _day_index(hi) if hi else first
+        if last < first:
+            raise ValueError(f"day range {days_text!r} runs backwards")
+        for rng in ranges_text.split(","):
+            m = _RANGE.match(rng.strip())
+            if not m:
+                raise ValueError(f"bad time range {rng.strip()!r} (use hh:mm-hh:mm)")
+            h1, m1, h2, m2 = (int(x) for x in m.groups())
+            start, end = h1 * 3600 + m1 * 60, h2 * 3600 + m2 * 60
+            if m1 > 59 or m2 > 59 or not 0 <= start < end <= 86400:
+                raise ValueError(f"bad time range {rng.strip()!r}")
+            for d in range(first, last + 1):
+                week[d].append((start, end))
+    out = []
+    for intervals in week:
+        intervals.sort()
+        for (_, e1), (s2, _) in itertools.pairwise(intervals):
+            if s2 < e1:
+                raise ValueError("overlapping time ranges on one day")
+        out.append(tuple(intervals))
+    return tuple(out)
+
+
+def _local_us(day: date, second: int, zone: ZoneInfo) -> int:
+    """µs since the epoch of local wall-clock `second` of `day` (86400 = next midnight)."""
+    extra, second = divmod(second, 86400)
+    d = day + timedelta(days=extra)
+    moment = datetime.combine(d, time(second // 3600, second % 3600 // 60, second % 60), tzinfo=zone)
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * _US + delta.microseconds
+
+
+@lru_cache(maxsize=65536)
+def business_us(start_us: int, end_us: int, schedule: Schedule) -> int:
+    """Business-hours µs between two instants (µs since the epoch); 0 when end <= start."""
+    if end_us <= start_us:
+        return 0
+    zone = ZoneInfo(schedule.tz)
+    first = datetime.fromtimestamp(start_us // _US, zone).date() - timedelta(days=1)
+    last = datetime.fromtimestamp(end_us // _US, zone).date() + timedelta(days=1)
+    total = 0
+    day = first
+    while day <= last:
+        if day not in schedule.holidays:
+            for lo, hi in schedule.week[day.weekday()]:
+                a = max(start_us, _local_us(day, lo, zone))
+                b = min(end_us, _local_us(day, hi, zone))
+                if b > a:
+                    total += b - a
+        day += timedelta(days=1)
+    return total
+
+
+def business_seconds(start_us: int, end_us: int, schedule: Schedule) -> float:
+    """Business-hours seconds between two instants given in µs since the epoch."""
+    return business_us(start_us, end_us, schedule) / _US
