@@ -113,6 +113,39 @@ def kpis(as_json: bool) -> None:
         Console().print(kpi_table(snap))
 
 
+@cli.command("at-risk")
+@click.option("--top", type=int, default=None, help="Only the N customers with the most points.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def at_risk(top: int | None, as_json: bool) -> None:
+    """List the customers at churn risk (SPEC §5.2) with their points and reasons."""
+    import time
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from stream.exporter import sync_redis
+    from stream.keys import Keys
+    from stream.store import read_at_risk
+
+    settings = _settings()
+    rows = read_at_risk(sync_redis(settings), Keys(settings.redis_key_prefix), time.time(), top)
+    for row in rows:
+        row["at_risk_until"] = datetime.fromtimestamp(row["at_risk_until"], UTC).isoformat().replace("+00:00", "Z")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Customers at churn risk ({len(rows)})")
+    table.add_column("customer", style="cyan")
+    table.add_column("points", justify="right")
+    table.add_column("reasons")
+    table.add_column("at risk until (if nothing new)")
+    for row in rows:
+        why = ", ".join(f"{r['reason']} x{r['count']} ({r['points']})" for r in row["reasons"])
+        table.add_row(row["customer_id"], str(row["points"]), why, row["at_risk_until"])
+    Console().print(table)
+
+
 @cli.group()
 def schemas() -> None:
     """Event JSON Schemas."""
@@ -126,6 +159,110 @@ def schemas_export(directory: Path) -> None:
 
     written = export_json_schemas(directory)
     click.echo(f"wrote {len(written)} schemas to {directory}")
+
+
+# --- simulate -------------------------------------------------------------------
+
+
+_INCIDENTS = ("churn-spike", "slow-responses")  # stream.simulator.INCIDENTS (checked by a test)
+_INCIDENT_HELP = "Make alerts fire on purpose (repeatable): first answers ~6x slower, or churn ~10x."
+
+
+@cli.command()
+@click.option("--rate", type=float, default=50.0, show_default=True,
+              help="Mean events per second of event time (= wall time when live); follows a weekly profile.")
+@click.option("--customers", type=int, default=500, show_default=True, help="Initial customer population.")
+@click.option("--duration", default=None, help="Stop after this much event time (90s, 15m, 2h, 7d).")
+@click.option("--events", type=int, default=None, help="Stop after this many events.")
+@click.option("--seed", type=int, default=None,
+              help="Random seed (same seed and --start: same events); random if not given.")
+@click.option("--start", default=None, help="RFC 3339 event time of the first event (past: backfill). Default: now.")
+@click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
+@click.option("--core-only", is_flag=True, help="Only the core event types (SPEC §3.2).")
+def simulate(
+    rate: float, customers: int, duration: str | None, events: int | None, seed: int | None,
+    start: str | None, incidents: tuple[str, ...], core_only: bool,
+) -> None:
+    """Publish a realistic synthetic CRM event stream (until --duration/--events, or Ctrl-C).
+
+    Each event is published as soon as possible but never before its event time:
+    history (--start in the past) goes out at full speed, then the run continues live.
+    """
+    import random
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from stream.config import parse_duration
+    from stream.simulate import parse_start, run_cli
+    from stream.simulator import SimConfig
+
+    settings = _settings()
+    try:
+        duration_s = parse_duration(duration) if duration is not None else None
+        first = parse_start(start) if start is not None else datetime.now(UTC)
+        config = SimConfig(
+            seed=seed if seed is not None else random.SystemRandom().randrange(1_000_000),
+            customers=customers, rate=rate, incidents=frozenset(incidents), catalog=not core_only,
+        )
+        if events is not None and events < 0:
+            raise ValueError("--events must be >= 0")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    console = Console(stderr=True, soft_wrap=True)
+    mode = "backfill from" if first.timestamp() < datetime.now(UTC).timestamp() - 1 else "live from"
+    console.print(
+        f"simulate: seed {config.seed}, {customers} customers, rate {rate:g}/s, {mode} "
+        f"{first.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        + (f", incidents {', '.join(sorted(incidents))}" if incidents else "")
+        + f" -> {settings.topic('*')} on {settings.kafka_bootstrap_servers}"
+    )
+    stats = run_cli(settings, config, first, events, duration_s, progress_bar=console.is_terminal)
+    top = ", ".join(f"{t} {n:,}" for t, n in stats.by_type.most_common(5))
+    console.print(
+        f"published {stats.published:,} events ({stats.backfilled:,} backfilled) in {stats.seconds:,.1f}s, "
+        f"{stats.rate:,.0f} events/s" + (f"; most: {top}" if top else "")
+    )
+
+
+# --- demo -----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--duration", default=None, help="Stop after this long (90s, 5m); default: until Ctrl-C.")
+@click.option("--rate", type=float, default=20.0, show_default=True, help="Simulator: mean events per second.")
+@click.option("--customers", type=int, default=500, show_default=True, help="Simulator: initial customers.")
+@click.option("--seed", type=int, default=None, help="Simulator seed; random if not given.")
+@click.option("--history", default="2h", show_default=True, help="Backfill this much simulated past first.")
+@click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
+@click.option("--worker-port", type=int, default=None, help="Worker /metrics port; free one if not given.")
+@click.option("--exporter-port", type=int, default=None, help="Exporter /metrics port; free one if not given.")
+@click.option("--refresh", type=float, default=1.5, show_default=True, help="Seconds between table refreshes.")
+@click.option("--full", is_flag=True, help="Show every KPI series, not just the headline ones.")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="On exit, write pids, ports, URLs and KPI samples taken during the run to this file.")
+def demo(
+    duration: str | None, rate: float, customers: int, seed: int | None, history: str,
+    incidents: tuple[str, ...], worker_port: int | None, exporter_port: int | None, refresh: float,
+    full: bool, json_out: Path | None,
+) -> None:
+    """Everything on this machine: broker, Redis, worker, exporter, simulator and a live KPI table.
+
+    Ctrl-C (or --duration) stops it all; nothing is left running.
+    """
+    from stream.config import parse_duration
+    from stream.demo import DemoOptions, run_demo
+
+    try:
+        opts = DemoOptions(
+            rate=rate, customers=customers, seed=seed, incidents=frozenset(incidents),
+            history_s=parse_duration(history), duration_s=parse_duration(duration) if duration else None,
+            worker_port=worker_port, exporter_port=exporter_port, refresh_s=max(0.2, refresh),
+            json_out=json_out, full_table=full,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    sys.exit(run_demo(opts))
 
 
 def main() -> None:

@@ -209,3 +209,36 @@ def read_snapshot(
         low = _text(lowest)
         zstats[name] = ZStat(int(size), int(below), float(low) if low else None)
     return Snapshot(totals, Current(counters, zstats, now_s, dict(sla), totals, config.stages))
+
+
+def read_at_risk(client: redis.Redis, keys: Keys, now_s: float, top: int | None = None) -> list[dict[str, Any]]:
+    """Customers at churn risk now (SPEC §5.2), highest points first: id, points, reasons, until.
+
+    The at-risk set holds each customer scored by the moment they fall under the
+    threshold; points and reasons are recomputed at `now_s` from the stored items.
+    """
+    from stream import churn_risk
+    from stream.joins import RiskState
+    from stream.kpis import Field
+
+    members: list[tuple[Any, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        keys.zset(Field.AT_RISK), f"({now_s!r}", "+inf", withscores=True
+    )
+    if not members:
+        return []
+    ids = [_text(m) for m, _ in members]
+    raw = client.mget([keys.entity("rk", c) for c in ids])
+    now_us = int(now_s * 1_000_000)
+    out: list[dict[str, Any]] = []
+    for cid, (_, until), state_raw in zip(ids, members, raw, strict=True):
+        state = RiskState.decode(_text(state_raw) if state_raw is not None else None)
+        out.append(
+            {
+                "customer_id": cid,
+                "points": churn_risk.points(state.items, now_us),
+                "reasons": churn_risk.reasons(state.items, now_us),
+                "at_risk_until": until,
+            }
+        )
+    out.sort(key=lambda r: (-r["points"], r["customer_id"]))
+    return out[:top] if top is not None else out
