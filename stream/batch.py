@@ -16,6 +16,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
@@ -29,7 +30,7 @@ from stream.opmetrics import WorkerMetrics
 from stream.store import AsyncStore, event_digest
 from stream.windows import Window
 
-__all__ = ["BatchProcessor", "OffsetConflict", "offset_field"]
+__all__ = ["BatchProcessor", "OffsetConflict", "Prepared", "offset_field"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,19 @@ class OffsetConflict(Exception):
         super().__init__(f"{field} already applied up to {stored}")
         self.field = field
         self.stored = stored
+
+
+@dataclass
+class Prepared:
+    """A decoded batch waiting for its Redis write."""
+
+    ranges: list[tuple[str, int]]  # (partition field, next offset after the batch)
+    unique: list[tuple[Any, int]]  # (valid event, occurred_at µs), first copy of each id
+    digests: list[bytes]
+    rejected: list[tuple[Any, Rejection]]
+    in_batch_duplicates: int
+    entity_keys: list[str]
+    seconds: float
 
 
 class BatchProcessor:
@@ -85,11 +99,18 @@ class BatchProcessor:
         stored). Records below it were applied already and are skipped.
         Raises OffsetConflict when Redis disagrees (the caller re-seeks).
         """
+        return await self.apply(self.prepare(batch, expected), expected)
+
+    def prepare(self, batch: Mapping[Any, Sequence[Any]], expected: Mapping[str, int]) -> Prepared:
+        """The CPU half of a batch (no I/O): decode, classify, digest, drop in-batch repeats.
+
+        The consumer runs it while Redis applies the previous batch.
+        """
         started = time.perf_counter()
         now_us = int(time.time() * 1_000_000)
         valid: list[tuple[Any, int]] = []
         rejected: list[tuple[Any, Rejection]] = []
-        offsets: list[tuple[str, int, int]] = []
+        ranges: list[tuple[str, int]] = []
         max_bytes = self.settings.max_event_bytes
         for tp, records in batch.items():
             field = offset_field(tp.topic, tp.partition)
@@ -106,15 +127,7 @@ class BatchProcessor:
                 else:
                     rejected.append((rec, out))  # type: ignore[arg-type]
             if last >= 0:
-                offsets.append((field, floor, last + 1))
-        if not offsets:
-            return {}
-
-        # Dead letters are acked by Kafka before the batch's offsets are recorded
-        # in Redis: a crash in between re-sends them rather than losing them.
-        if rejected:
-            await self._retry(lambda: self.dead_letters.send(rejected), "dead-letter send")
-
+                ranges.append((field, last + 1))
         digests: list[bytes] = []
         unique: list[tuple[Any, int]] = []
         index: set[bytes] = set()
@@ -124,35 +137,62 @@ class BatchProcessor:
                 index.add(d)
                 digests.append(d)
                 unique.append((ev, t_us))
-        in_batch_dups = len(valid) - len(unique)
         ent_keys = entity_keys([ev for ev, _ in unique], self.keys)
+        return Prepared(
+            ranges, unique, digests, rejected, len(valid) - len(unique), ent_keys, time.perf_counter() - started
+        )
 
+    async def apply(
+        self, prep: Prepared, expected: Mapping[str, int], states: Mapping[str, str | None] | None = None
+    ) -> dict[str, int]:
+        """The I/O half: dead letters, then one atomic Redis write (plus a read of entity states).
+
+        The offset fence is each partition's `expected` value at this moment, so a
+        batch prepared while the previous one was in flight fences correctly.
+        `states` may carry the entity states the caller already read for this batch.
+        """
+        started = time.perf_counter()
+        if not prep.ranges:
+            return {}
+        offsets = [(field, expected.get(field, -1), new) for field, new in prep.ranges]
+        rejected, unique, digests = prep.rejected, prep.unique, prep.digests
+        # Dead letters are acked by Kafka before the batch's offsets are recorded
+        # in Redis: a crash in between re-sends them rather than losing them.
+        if rejected:
+            await self._retry(lambda: self.dead_letters.send(rejected), "dead-letter send")
+
+        # Optimistic: most duplicates are caught in-batch above; the atomic write
+        # checks the dedupe sets and refuses the batch naming any id already
+        # recorded, and only then does the batch pay a second round trip.
+        earlier_dups = 0
         while True:
             now_s = time.time()
-            seen, states = await self._retry(lambda t=now_s: self.store.read(digests, ent_keys, t), "redis read")
-            if seen:
-                fresh = [(ev, t) for (ev, t), d in zip(unique, digests, strict=True) if d not in seen]
-                fresh_digests = [d for d in digests if d not in seen]
-            else:
-                fresh, fresh_digests = unique, digests
+            if states is None:
+                states = await self.read_states(prep)
             ctx = FoldContext(now_s, self.windows, self._lead_sources, self.settings.sla, self.keys)
-            delta = fold(fresh, states, ctx)
+            delta = fold(unique, states, ctx)
             outcome = await self._retry(
-                lambda d=delta, f=fresh_digests, t=now_s: self.store.apply(d, offsets, f, t), "redis write"
+                lambda d=delta, f=digests, t=now_s: self.store.apply(d, offsets, f, t), "redis write"
             )
             if outcome.ok:
                 break
+            states = None
             self.metrics.conflicts.labels(outcome.conflict).inc()
             if outcome.conflict == "offset":
                 field, _, stored = outcome.detail.partition(" ")
                 raise OffsetConflict(field, int(stored))
-            # Another worker recorded one of these ids or entities since we read: read again.
+            if outcome.conflict == "duplicate":
+                drop = {int(i) - 1 for i in outcome.detail.split()}
+                earlier_dups += len(drop)
+                unique = [x for j, x in enumerate(unique) if j not in drop]
+                digests = [d for j, d in enumerate(digests) if j not in drop]
+            # else another worker changed one of these entities since we read: read again.
 
         m = self.metrics
         for kind, n in delta.processed.items():
             m.processed.labels(kind).inc(n)
-        if in_batch_dups or seen:
-            m.duplicate.inc(in_batch_dups + len(seen))
+        if prep.in_batch_duplicates or earlier_dups:
+            m.duplicate.inc(prep.in_batch_duplicates + earlier_dups)
         if delta.late:
             m.late.inc(delta.late)
         if rejected:
@@ -162,8 +202,14 @@ class BatchProcessor:
             newest = delta.newest_us / 1e6
             if m.newest_event_s is None or newest > m.newest_event_s:
                 m.newest_event_s = newest
-        m.batch_seconds.observe(time.perf_counter() - started)
+        m.batch_seconds.observe(prep.seconds + time.perf_counter() - started)
         return {field: new for field, _, new in offsets}
+
+    async def read_states(self, prep: Prepared) -> dict[str, str | None]:
+        """The current Redis states of the entities the batch touches (retried through outages)."""
+        keys = prep.entity_keys
+        result: dict[str, str | None] = await self._retry(lambda: self.store.read_states(keys), "redis read")
+        return result
 
     async def _retry(self, call: Any, what: str) -> Any:
         """Await call() until it succeeds; Redis/Kafka outages pause the worker, never drop."""

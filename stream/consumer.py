@@ -64,6 +64,7 @@ class BatchConsumer(Service):
         self._redis: aioredis.Redis | None = None
         self._processor: BatchProcessor | None = None
         self._store: AsyncStore | None = None
+        self._inflight: tuple[asyncio.Future[dict[str, int]], list[TopicPartition]] | None = None
         self.batches = 0
         super().__init__(**kwargs)
 
@@ -101,6 +102,7 @@ class BatchConsumer(Service):
 
     async def on_stop(self) -> None:
         async with self._lock:
+            await self._finish_inflight()
             await self._commit()
         if self._consumer is not None:
             await self._consumer.stop()
@@ -111,30 +113,47 @@ class BatchConsumer(Service):
 
     @Service.task
     async def _consume(self) -> None:
+        # Two batches in flight: while Redis runs batch N's atomic write, this
+        # loop fetches and decodes batch N+1. Batch N+1 reads entity states and
+        # fences offsets only after N is acknowledged, so exactness is unchanged.
         assert self._consumer is not None and self._processor is not None
         consumer, processor = self._consumer, self._processor
         timeout = self.settings.batch_timeout_ms
         limit = self.settings.batch_max_records
         while not self.should_stop:
-            batch = await consumer.getmany(timeout_ms=timeout, max_records=limit)
-            if not batch:
-                continue
+            batch = await consumer.getmany(timeout_ms=0 if self._inflight else timeout, max_records=limit)
             async with self._lock:
-                # Drop partitions revoked while we waited for the lock.
                 owned = consumer.assignment()
                 batch = {tp: recs for tp, recs in batch.items() if tp in owned}
-                try:
-                    applied = await processor.process(batch, self._expected)
-                except OffsetConflict as conflict:
-                    log.warning("offset conflict on %s: resuming from Redis", conflict.field)
-                    await self._resync(list(batch))
+                prepared = processor.prepare(batch, self._expected) if batch else None
+                if not await self._finish_inflight():
+                    continue  # resynced from Redis: the prepared batch may predate the seek
+                if prepared is None or not prepared.ranges:
                     continue
-                self._expected.update(applied)
-                for tp in batch:
-                    field = offset_field(tp.topic, tp.partition)
-                    if field in applied:
-                        self._to_commit[tp] = applied[field]
-                self.batches += 1
+                states = await processor.read_states(prepared)
+                task = asyncio.ensure_future(processor.apply(prepared, self._expected, states))
+                self._inflight = (task, list(batch))
+            await asyncio.sleep(0)  # let the write go out before decoding the next batch
+
+    async def _finish_inflight(self) -> bool:
+        """Wait for the batch in flight; False if Redis refused its offsets (we resynced)."""
+        if self._inflight is None:
+            return True
+        task, partitions = self._inflight
+        self._inflight = None
+        try:
+            applied = await task
+        except OffsetConflict as conflict:
+            log.warning("offset conflict on %s: resuming from Redis", conflict.field)
+            await self._resync(partitions)
+            return False
+        self._expected.update(applied)
+        for tp in partitions:
+            field = offset_field(tp.topic, tp.partition)
+            if field in applied:
+                self._to_commit[tp] = applied[field]
+        self.batches += 1
+        return True
 
     @Service.timer(1.0)
     async def _periodic_commit(self) -> None:
@@ -155,6 +174,7 @@ class BatchConsumer(Service):
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Finish the batch in flight, then commit what was applied for these partitions."""
         async with self._lock:
+            await self._finish_inflight()
             await self._commit()
             for tp in revoked:
                 self._expected.pop(offset_field(tp.topic, tp.partition), None)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -70,7 +70,6 @@ class AsyncStore:
         self.dedupe_horizon_s = dedupe_horizon_s
         self.state_ttl_s = state_ttl_s
         self._apply = client.register_script(_script("apply.lua"))
-        self._lookup = client.register_script(_script("lookup.lua"))
 
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
         """Next offset to apply per 'topic:partition' field, for those Redis knows."""
@@ -80,19 +79,12 @@ class AsyncStore:
         values = await self.client.hmget(self.keys.offsets, fields)
         return {f: int(v) for f, v in zip(fields, values, strict=True) if v is not None}
 
-    async def read(
-        self, digests: Sequence[bytes], entity_keys: Sequence[str], now_s: float
-    ) -> tuple[set[bytes], dict[str, str | None]]:
-        """Which digests were seen within the horizon, and the raw entity states (one call)."""
-        _, slots, _ = dedupe_slots(now_s, self.dedupe_horizon_s)
-        argv: list[Any] = [len(slots), *(self.keys.dedupe(s) for s in slots), len(digests), *digests]
-        argv += [len(entity_keys), *entity_keys]
-        seen_idx, raw_states = await self._lookup(keys=[self.keys.offsets], args=argv)
-        seen = {digests[int(i) - 1] for i in seen_idx}
-        states: dict[str, str | None] = {
-            k: (v.decode() or None) for k, v in zip(entity_keys, raw_states, strict=True)
-        }
-        return seen, states
+    async def read_states(self, entity_keys: Sequence[str]) -> dict[str, str | None]:
+        """The raw states of these entities (None when absent); no round trip for none."""
+        if not entity_keys:
+            return {}
+        values = cast(list[bytes | None], await self.client.mget(list(entity_keys)))
+        return {k: (v.decode() if v is not None else None) for k, v in zip(entity_keys, values, strict=True)}
 
     async def apply(
         self,
@@ -101,15 +93,18 @@ class AsyncStore:
         digests: Sequence[bytes],
         now_s: float,
     ) -> ApplyOutcome:
-        """Atomically: fence offsets (field, expected or -1, new), dedupe, write the delta."""
+        """Atomically: fence offsets (field, expected or -1, new), dedupe, write the delta.
+
+        Refused with conflict 'duplicate' and detail = the 1-based indexes of the
+        digests already recorded (a duplicate from an earlier batch or another worker).
+        """
         current, slots, dd_expire = dedupe_slots(now_s, self.dedupe_horizon_s)
         argv: list[Any] = [len(offsets)]
         for name, expected, new in offsets:
             argv += [name, expected, new]
         argv += [self.keys.dedupe(current), dd_expire, len(slots)]
         argv += [self.keys.dedupe(s) for s in slots]
-        argv.append(len(digests))
-        argv += digests
+        argv.append(b"".join(digests))
         argv.append(len(delta.entity_writes))
         ttl_ms = int(self.state_ttl_s * 1000)
         for key, (old_state, new_state) in delta.entity_writes.items():

@@ -15,24 +15,28 @@ for _ = 1, n_off do
   offsets[#offsets + 1] = field; offsets[#offsets + 1] = new
 end
 
--- 2. Dedupe: no id may have been recorded since the worker looked.
+-- 2. Dedupe: the batch's event-id digests arrive as one blob of 16-byte digests.
+-- Any digest already in a live slot is a duplicate: report them all, write nothing.
 local dd_key, dd_expire_at = nxt(), num()
 local n_slots = num()
 local slots = {}
 for j = 1, n_slots do slots[j] = nxt() end
-local n_ids = num()
-local ids_from = i + 1
-i = i + n_ids
+local blob = nxt()
+local n_ids = #blob / 16
+local ids = {}
+for j = 1, n_ids do ids[j] = string.sub(blob, 16 * j - 15, 16 * j) end
 local CHUNK = 4000
+local dups = {}
 for _, slot in ipairs(slots) do
-  for from = ids_from, ids_from + n_ids - 1, CHUNK do
-    local to = math.min(from + CHUNK - 1, ids_from + n_ids - 1)
-    local seen = redis.call('SMISMEMBER', slot, unpack(argv, from, to))
+  for from = 1, n_ids, CHUNK do
+    local to = math.min(from + CHUNK - 1, n_ids)
+    local seen = redis.call('SMISMEMBER', slot, unpack(ids, from, to))
     for j = 1, #seen do
-      if seen[j] == 1 then return {'duplicate', argv[from + j - 1]} end
+      if seen[j] == 1 then dups[#dups + 1] = from + j - 1 end
     end
   end
 end
+if #dups > 0 then return {'duplicate', unpack(dups)} end
 
 -- 3. Entity states: each must still hold what the worker read.
 local n_ent = num()
@@ -45,9 +49,8 @@ for _ = 1, n_ent do
 end
 
 -- All checks passed: write.
-for from = ids_from, ids_from + n_ids - 1, CHUNK do
-  local to = math.min(from + CHUNK - 1, ids_from + n_ids - 1)
-  redis.call('SADD', dd_key, unpack(argv, from, to))
+for from = 1, n_ids, CHUNK do
+  redis.call('SADD', dd_key, unpack(ids, from, math.min(from + CHUNK - 1, n_ids)))
 end
 if n_ids > 0 then redis.call('EXPIREAT', dd_key, dd_expire_at) end
 
