@@ -63,8 +63,7 @@ def parse_hours(text: str) -> tuple[Intervals, ...]:
         lo, _, hi = days_text.partition("-")
         first = _day_index(lo)
         last = _day_index(hi) if hi else first
-        if last < first:
-            raise ValueError(f"day range {days_text!r} runs backwards")
+        days = [(first + k) % 7 for k in range((last - first) % 7 + 1)]  # 'sun-thu' wraps
         for rng in ranges_text.split(","):
             m = _RANGE.match(rng.strip())
             if not m:
@@ -73,7 +72,7 @@ def parse_hours(text: str) -> tuple[Intervals, ...]:
             start, end = h1 * 3600 + m1 * 60, h2 * 3600 + m2 * 60
             if m1 > 59 or m2 > 59 or not 0 <= start < end <= 86400:
                 raise ValueError(f"bad time range {rng.strip()!r}")
-            for d in range(first, last + 1):
+            for d in days:
                 week[d].append((start, end))
     out = []
     for intervals in week:
