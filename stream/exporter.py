@@ -108,6 +108,12 @@ def run_exporter(settings: Settings, block: bool = True) -> Any:
     log.info("exporter serving http://%s:%d/metrics", settings.exporter_host, settings.exporter_port)
     if not block:
         return server
+    import signal
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM (docker stop, the demo) ends as cleanly as Ctrl-C
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         while thread.is_alive():
             thread.join(1.0)
