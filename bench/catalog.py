@@ -36,23 +36,24 @@ from stream.store import AsyncStore, read_at_risk
 from stream.windows import make_windows
 
 
-def throughput(kafka: str, redis_url: str, n: int, logs: Path) -> dict[str, Any]:
-    s = _settings(kafka, redis_url, "cat.", "cat")
+def throughput(kafka: str, redis_url: str, n: int, logs: Path, catalog: bool = True) -> dict[str, Any]:
+    name = "cat" if catalog else "core"
+    s = _settings(kafka, redis_url, f"{name}.", name)
     start = datetime.now(UTC) - timedelta(days=29)
-    events = list(generate(SimConfig(seed=11, rate=n / (29 * 86400), customers=2000), start, count=n))
+    events = list(generate(SimConfig(seed=11, rate=n / (29 * 86400), customers=2000, catalog=catalog), start, count=n))
     types = sorted({e["type"] for e in events})
     asyncio.run(publish(s, events))
     client = redis.Redis.from_url(redis_url)
     proc = _spawn(["stream", "worker"], _env(s), logs / "worker.log")
     try:
-        first = _poll_until(lambda: _applied_total(client, "cat") > 0, 120, "first batch")
-        last = _poll_until(lambda: _applied_total(client, "cat") >= n, 900, "all records")
+        first = _poll_until(lambda: _applied_total(client, name) > 0, 120, "first batch")
+        last = _poll_until(lambda: _applied_total(client, name) >= n, 900, "all records")
     finally:
         _stop(proc)
-    return {"events": n, "types": len(types), "events_per_s": n / (last - first)}
+    return {"mix": name, "events": n, "types": len(types), "events_per_s": n / (last - first)}
 
 
-def _event(kind: str, when: datetime, i: int, **fields: Any) -> Any:
+def _event(kind: str, when: datetime, i: int, /, **fields: Any) -> Any:
     return event_adapter.validate_python({"event_id": f"b{kind}{i}", "type": kind, "occurred_at": when, **fields})
 
 
@@ -82,7 +83,7 @@ async def _fill(redis_url: str, prefix: str, customers: int, users: int) -> None
         for lo in range(0, len(events), 4000):
             batch = events[lo : lo + 4000]
             now_s = time.time()
-            _, states = await store.read([], entity_keys(batch, keys), now_s)
+            states = await store.read_states(entity_keys(batch, keys))
             ctx = FoldContext(now_s, windows, frozenset(), {"urgent": 900, "high": 3600, "normal": 14400,
                                                              "low": 86400}, keys)  # fmt: skip
             delta = fold([(e, to_us(e.occurred_at)) for e in batch], states, ctx)
@@ -126,6 +127,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=10_000)
     ap.add_argument("--users", type=int, default=2_000)
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--also-core", action="store_true", help="Also measure the core-only mix, for comparison.")
     args = ap.parse_args()
     r = start_redis()
     k = None if args.skip_throughput else start_kafka()
@@ -134,6 +136,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as logs:
             if k is not None:
                 result["throughput"] = throughput(k.url, r.url, args.events, Path(logs))
+                print(json.dumps(result["throughput"]), flush=True)
+                if args.also_core:
+                    result["throughput_core"] = throughput(k.url, r.url, args.events, Path(logs), catalog=False)
+                    print(json.dumps(result["throughput_core"]), flush=True)
             result["scrape"] = scrape(r.url, args.customers, args.users)
     finally:
         r.stop()

@@ -93,23 +93,37 @@ def _local_us(day: date, second: int, zone: ZoneInfo) -> int:
     return (delta.days * 86400 + delta.seconds) * _US + delta.microseconds
 
 
+@lru_cache(maxsize=4096)
+def _opening(day: date, schedule: Schedule) -> tuple[tuple[int, int], ...]:
+    """A local day's opening intervals as (start, end) µs since the epoch."""
+    if day in schedule.holidays:
+        return ()
+    zone = ZoneInfo(schedule.tz)
+    return tuple((_local_us(day, lo, zone), _local_us(day, hi, zone)) for lo, hi in schedule.week[day.weekday()])
+
+
+@lru_cache(maxsize=4096)
+def _zone(tz: str) -> ZoneInfo:
+    return ZoneInfo(tz)
+
+
 @lru_cache(maxsize=65536)
 def business_us(start_us: int, end_us: int, schedule: Schedule) -> int:
     """Business-hours µs between two instants (µs since the epoch); 0 when end <= start."""
     if end_us <= start_us:
         return 0
-    zone = ZoneInfo(schedule.tz)
+    zone = _zone(schedule.tz)
+    # One day of margin each side: a local day's hours may lie partly in the UTC day before or after.
     first = datetime.fromtimestamp(start_us // _US, zone).date() - timedelta(days=1)
     last = datetime.fromtimestamp(end_us // _US, zone).date() + timedelta(days=1)
     total = 0
     day = first
     while day <= last:
-        if day not in schedule.holidays:
-            for lo, hi in schedule.week[day.weekday()]:
-                a = max(start_us, _local_us(day, lo, zone))
-                b = min(end_us, _local_us(day, hi, zone))
-                if b > a:
-                    total += b - a
+        for lo, hi in _opening(day, schedule):
+            a = start_us if start_us > lo else lo
+            b = end_us if end_us < hi else hi
+            if b > a:
+                total += b - a
         day += timedelta(days=1)
     return total
 

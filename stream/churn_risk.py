@@ -16,7 +16,8 @@ reasons for those customers from their stored items.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any, Final
 
 __all__ = [
@@ -87,22 +88,29 @@ def reasons(items: Iterable[Item], now_us: int) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (-r["points"], r["reason"]))
 
 
-def expiry_us(items: Sequence[Item], threshold: int) -> int | None:
+@lru_cache(maxsize=8192)
+def expiry_us(items: tuple[Item, ...], threshold: int) -> int | None:
     """The first moment the points fall under `threshold` as items age out; None if never reached.
 
     Points are read with every item counted (the moment of the newest item);
     after that they only fall. The customer is at risk at t while t < expiry.
+    `items` must be sorted (as RiskState keeps them).
     """
-    ordered = sorted(items)
-    counts = Counter(code for _, code, _ in ordered)
-    if _score(counts) < threshold:
+    fixed = tickets = 0
+    for _, code, _ in items:
+        fixed += _POINTS.get(code, 0)
+        tickets += code in _TICKETS
+    if fixed + max(0, tickets - _FREE_TICKETS) < threshold:
         return None
+    n = len(items)
     i = 0
-    while i < len(ordered):
-        t = ordered[i][0]
-        while i < len(ordered) and ordered[i][0] == t:
-            counts[ordered[i][1]] -= 1
+    while i < n:
+        t = items[i][0]
+        while i < n and items[i][0] == t:
+            code = items[i][1]
+            fixed -= _POINTS.get(code, 0)
+            tickets -= code in _TICKETS
             i += 1
-        if _score(counts) < threshold:
+        if fixed + max(0, tickets - _FREE_TICKETS) < threshold:
             return t + WINDOW_US
     return None  # unreachable: no items scores 0 < threshold

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -69,26 +69,46 @@ class _State:
     _ints: ClassVar[frozenset[str]] = frozenset()
 
     def encode(self) -> str:
-        return "|".join(_quote(v) for v in (getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
+        return "|".join([_quote(v) for v in self.__dict__.values()])
 
     @classmethod
     def decode(cls: type[S], raw: str | None) -> S:
         if not raw:
             return cls()
-        values: dict[str, Any] = {}
-        for f, part in zip(fields(cls), raw.split("|"), strict=False):  # type: ignore[arg-type]
-            values[f.name] = None if part == "" else (int(part) if f.name in cls._ints else _unquote(part))
-        return cls(**values)
+        new = cls()
+        ints = cls._ints
+        values = new.__dict__
+        for name, part in zip(_names(cls), raw.split("|"), strict=False):
+            if part:
+                values[name] = int(part) if name in ints else _unquote(part)
+        return new
+
+    def copy(self: S) -> S:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     def persistent(self) -> bool:
         """True when the state must outlive the state TTL (it holds open "current" figures)."""
         return False
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 def _quote(value: object) -> str:
     # Free-text parts (ids, labels) may hold the separator: escape it and the escape.
     if value is None:
         return ""
+    if type(value) is int:
+        return str(value)
     text = str(value)
     if "%" in text or "|" in text:
         text = text.replace("%", "%25").replace("|", "%7C")
@@ -133,7 +153,7 @@ class TicketState(_State):
 
     def merge(self, event: Any, t_us: int) -> TicketState:
         """The state after `event` (ticket.opened / ticket.answered); self is unchanged."""
-        new = replace(self)
+        new = self.copy()
         if event.type == "ticket.opened":
             if _earlier(new.opened_us, t_us):
                 new.opened_us, new.priority = t_us, event.priority
@@ -213,7 +233,7 @@ class DealState(_State):
 
     def merge(self, event: Any, t_us: int) -> DealState:
         """The state after a deal event; self is unchanged."""
-        new = replace(self)
+        new = self.copy()
         if event.type == "deal.created":
             if _earlier(new.created_us, t_us):
                 new.created_us = t_us
@@ -262,7 +282,7 @@ class CustomerState(_State):
     _ints: ClassVar[frozenset[str]] = frozenset({"acquired_us", "churned_us"})
 
     def merge(self, event: Any, t_us: int) -> CustomerState:
-        new = replace(self)
+        new = self.copy()
         if event.type == "customer.acquired":
             if _earlier(new.acquired_us, t_us):
                 new.acquired_us = t_us
@@ -301,7 +321,7 @@ class InvoiceState(_State):
         return self.unpaid()
 
     def merge(self, event: Any, t_us: int) -> InvoiceState:
-        new = replace(self)
+        new = self.copy()
         if event.type == "invoice.issued":
             if _earlier(new.issued_us, t_us):
                 new.issued_us = t_us
@@ -336,7 +356,7 @@ class OrderState(_State):
     _ints: ClassVar[frozenset[str]] = frozenset({"placed_us", "amount_micros", "promised_us", "delivered_us"})
 
     def merge(self, event: Any, t_us: int) -> OrderState:
-        new = replace(self)
+        new = self.copy()
         if event.type == "order.placed":
             if _earlier(new.placed_us, t_us):
                 new.placed_us, new.customer_id = t_us, event.customer_id
@@ -373,7 +393,7 @@ class QuoteState(_State):
     _ints: ClassVar[frozenset[str]] = frozenset({"sent_us", "ordered_us"})
 
     def merge(self, event: Any, t_us: int) -> QuoteState:
-        new = replace(self)
+        new = self.copy()
         if event.type == "quote.sent":
             if _earlier(new.sent_us, t_us):
                 new.sent_us = t_us
@@ -459,7 +479,7 @@ class RiskState:
         if not raw:
             return cls()
         churned, items = orjson.loads(raw)
-        return cls(churned, tuple((int(t), str(c), str(k)) for t, c, k in items))
+        return cls(churned, tuple(map(tuple, items)))
 
     def persistent(self) -> bool:
         return False
@@ -470,13 +490,19 @@ class RiskState:
                 return RiskState(t_us, self.items)
             return self
         code, key = churn_risk.item_of(event)
-        by_key = {k: (t, c) for t, c, k in self.items}
-        if key in by_key and by_key[key] <= (t_us, code):
-            return self
-        by_key[key] = (t_us, code)
-        items = sorted((t, c, k) for k, (t, c) in by_key.items())
-        newest = items[-1][0]
-        return RiskState(self.churned_us, tuple(i for i in items if i[0] > newest - churn_risk.WINDOW_US))
+        items = list(self.items)
+        for j, (t, c, k) in enumerate(items):
+            if k == key:
+                if (t, c) <= (t_us, code):
+                    return self
+                del items[j]
+                break
+        items.append((t_us, code, key))
+        items.sort()
+        cut = items[-1][0] - churn_risk.WINDOW_US
+        if items[0][0] <= cut:
+            items = [i for i in items if i[0] > cut]
+        return RiskState(self.churned_us, tuple(items))
 
     def contribute(self, ctx: JoinContext) -> Contribution:
         """Membership of the at-risk set, scored by when the customer falls under the threshold."""

@@ -237,13 +237,13 @@ def test_churn_and_net_loss_formulas(customers: list[tuple[int, int | None]]) ->
 def test_risk_points_and_expiry() -> None:
     day = 86400 * 10**6
     now = to_us(NOW)
-    items = [(now - 29 * day, "C", "t:1"), (now - day, "N", "s:1")]
+    items = ((now - 29 * day, "C", "t:1"), (now - day, "N", "s:1"))
     assert churn_risk.points(items, now) == 4
     assert churn_risk.expiry_us(items, 4) == now + day  # the complaint leaves the 30 days
     assert churn_risk.expiry_us(items, 5) is None
     tickets = [(now - k * day, "T", f"t:{k}") for k in range(5)]
     assert churn_risk.points(tickets, now) == 2
-    assert churn_risk.reasons(tickets + items, now) == [
+    assert churn_risk.reasons([*tickets, *items], now) == [
         {"reason": "ticket beyond the third", "count": 3, "points": 3},  # 6 tickets with the complaint
         {"reason": "NPS 0-6", "count": 1, "points": 2},
         {"reason": "complaint ticket", "count": 1, "points": 2},
