@@ -90,6 +90,7 @@ class BatchProcessor:
         self.keys = keys
         self._family = settings.event_topics()
         self._lead_sources = frozenset(settings.lead_sources)
+        self._kpi_config = settings.kpi_config()
         self._max_skew_us = int(settings.max_future_skew * 1_000_000)
 
     async def process(self, batch: Mapping[Any, Sequence[Any]], expected: Mapping[str, int]) -> dict[str, int]:
@@ -169,7 +170,7 @@ class BatchProcessor:
             now_s = time.time()
             if states is None:
                 states = await self.read_states(prep)
-            ctx = FoldContext(now_s, self.windows, self._lead_sources, self.settings.sla, self.keys)
+            ctx = FoldContext(now_s, self.windows, self._lead_sources, self.settings.sla, self.keys, self._kpi_config)
             delta = fold(unique, states, ctx)
             outcome = await self._retry(
                 lambda d=delta, f=digests, t=now_s: self.store.apply(d, offsets, f, t), "redis write"

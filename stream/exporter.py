@@ -45,6 +45,7 @@ def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) 
         settings.sla,
         time.time() if now is None else now,
         settings.max_future_skew,
+        settings.kpi_config(),
     )
 
 
