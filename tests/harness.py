@@ -19,6 +19,33 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def stack_env(kafka: str, redis_url: str, prefix: str, **settings: str) -> dict[str, str]:
+    """CRM_KPI_* variables for one test's worker and exporter: own topics, keys, group, free ports.
+
+    Extra settings are given by field name: `stack_env(..., topic_partitions="3")`.
+    """
+    from stream.embedded import free_port
+
+    env = {
+        "CRM_KPI_KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "CRM_KPI_REDIS_URL": redis_url,
+        "CRM_KPI_TOPIC_PREFIX": f"{prefix}.",
+        "CRM_KPI_REDIS_KEY_PREFIX": prefix,
+        "CRM_KPI_KAFKA_GROUP_ID": f"{prefix}-workers",
+        "CRM_KPI_WORKER_PORT": str(free_port()),
+        "CRM_KPI_EXPORTER_PORT": str(free_port()),
+    }
+    env.update({f"CRM_KPI_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def settings_of(env: Mapping[str, str]) -> Any:
+    """The Settings a process started with `env` sees."""
+    from stream.config import load_settings
+
+    return load_settings(**{k[len("CRM_KPI_") :].lower(): v for k, v in env.items() if k.startswith("CRM_KPI_")})
+
+
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     """Poll an async condition with backoff until true; fail with `what` after `timeout` s."""
     deadline = time.monotonic() + timeout

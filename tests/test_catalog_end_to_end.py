@@ -20,12 +20,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis as redis_sync
 
-from stream.config import load_settings
-from stream.embedded import free_port
 from stream.exporter import kpi_samples, snapshot
 from stream.kpis import METRICS
 from stream.topics import create_topics
-from tests.harness import ROOT, WorkerProcess, applied, produce, scrape, wait_for
+from tests.harness import ROOT, WorkerProcess, applied, produce, scrape, settings_of, stack_env, wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 WINDOWS = ("1h", "24h", "7d", "30d")
@@ -363,19 +361,15 @@ def crm_kpi(env: dict[str, str], *args: str) -> str:
 
 @pytest.fixture
 def stack(kafka_bootstrap: str, redis_url: str, prefix: str, tmp_path: Any) -> Any:
-    env = {
-        "CRM_KPI_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "CRM_KPI_REDIS_URL": redis_url,
-        "CRM_KPI_TOPIC_PREFIX": f"{prefix}.",
-        "CRM_KPI_REDIS_KEY_PREFIX": prefix,
-        "CRM_KPI_KAFKA_GROUP_ID": f"{prefix}-workers",
-        "CRM_KPI_WORKER_PORT": str(free_port()),
-        "CRM_KPI_EXPORTER_PORT": str(free_port()),
-        "CRM_KPI_TOPIC_PARTITIONS": "3",
-        "CRM_KPI_BUSINESS_TIMEZONE": TZ,
-        "CRM_KPI_BUSINESS_HOURS": "mon-fri 09:00-17:00",
-        "CRM_KPI_BUSINESS_HOLIDAYS": f"{HOLIDAY.isoformat()},{date(2000, 1, 1).isoformat()}",
-    }
+    env = stack_env(
+        kafka_bootstrap,
+        redis_url,
+        prefix,
+        topic_partitions="3",
+        business_timezone=TZ,
+        business_hours="mon-fri 09:00-17:00",
+        business_holidays=f"{HOLIDAY.isoformat()},{date(2000, 1, 1).isoformat()}",
+    )
     worker = WorkerProcess(env, "worker", tmp_path / "worker.log")
     exporter = WorkerProcess(env, "exporter", tmp_path / "exporter.log")
     yield env, worker, exporter
@@ -385,7 +379,7 @@ def stack(kafka_bootstrap: str, redis_url: str, prefix: str, tmp_path: Any) -> A
 
 async def test_every_catalog_series_is_exact(stack: Any, redis: Any, kafka_bootstrap: str) -> None:
     env, worker, exporter = stack
-    settings = load_settings(**{k[len("CRM_KPI_") :].lower(): v for k, v in env.items()})
+    settings = settings_of(env)
     await create_topics(settings)
     worker.start()
     exporter.start()

@@ -21,15 +21,24 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith("CRM_KPI_")}
 
 def crm_kpi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stream", *args], cwd=ROOT, env={**ENV, **(env or {})},
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "stream", *args],
+        cwd=ROOT,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("CRM_KPI_WINDOWS", "1h,banana"), ("CRM_KPI_SLA", "urgent=15m"), ("CRM_KPI_WORKER_PORT", "99999"),
-     ("CRM_KPI_REDIS_URL", "http://x"), ("CRM_KPI_WINDOWS", "90s")],
+    [
+        ("CRM_KPI_WINDOWS", "1h,banana"),
+        ("CRM_KPI_SLA", "urgent=15m"),
+        ("CRM_KPI_WORKER_PORT", "99999"),
+        ("CRM_KPI_REDIS_URL", "http://x"),
+        ("CRM_KPI_WINDOWS", "90s"),
+    ],
 )
 def test_bad_setting_stops_with_one_line_naming_it(name: str, value: str) -> None:
     result = crm_kpi("kpis", env={name: value})
@@ -65,8 +74,12 @@ def _line(**fields: Any) -> str:
 async def test_publish_refuses_a_file_with_bad_lines_then_publishes_it_with_skip(
     kafka_bootstrap: str, redis_url: str, redis: Any, prefix: str, tmp_path: Path
 ) -> None:
-    env = {"CRM_KPI_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "CRM_KPI_REDIS_URL": redis_url,
-           "CRM_KPI_TOPIC_PREFIX": f"{prefix}.", "CRM_KPI_REDIS_KEY_PREFIX": prefix}
+    env = {
+        "CRM_KPI_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "CRM_KPI_REDIS_URL": redis_url,
+        "CRM_KPI_TOPIC_PREFIX": f"{prefix}.",
+        "CRM_KPI_REDIS_KEY_PREFIX": prefix,
+    }
     assert crm_kpi("topics", "create", env=env).returncode == 0
     file = tmp_path / "events.jsonl"
     file.write_text("\n".join([_line(event_id="a"), "{oops", _line(event_id="b", lead_id=7), _line(event_id="c"), ""]))
@@ -98,5 +111,3 @@ def test_kpis_json_on_an_empty_store(redis_url: str, prefix: str) -> None:
     names = {r["metric"] for r in rows}
     assert "crm_tickets_awaiting_response" in names
     assert "crm_nps_score" not in names and "crm_deal_win_ratio" not in names
-
-

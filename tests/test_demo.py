@@ -37,8 +37,12 @@ FAMILIES = sorted(set(TOPIC_FAMILY.values()))
 async def crm_kpi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "stream", *args], cwd=ROOT, env={**ENV, **env},
-            capture_output=True, text=True, timeout=300,
+            [sys.executable, "-m", "stream", *args],
+            cwd=ROOT,
+            env={**ENV, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     return await asyncio.to_thread(run)
@@ -108,16 +112,36 @@ async def test_same_seed_and_start_publish_the_same_events(kafka_bootstrap: str,
 async def test_published_stream_is_the_simulators_mix_on_the_right_topics(kafka_bootstrap: str, prefix: str) -> None:
     start = "2026-01-05T00:00:00Z"  # a Monday: two days of weekday seasonality
     records = await simulate_into(
-        kafka_bootstrap, f"{prefix}.", "--seed", "11", "--customers", "200", "--rate", "0.3",
-        "--duration", "2d", "--start", start, "--incident", "slow-responses",
+        kafka_bootstrap,
+        f"{prefix}.",
+        "--seed",
+        "11",
+        "--customers",
+        "200",
+        "--rate",
+        "0.3",
+        "--duration",
+        "2d",
+        "--start",
+        start,
+        "--incident",
+        "slow-responses",
     )
     config = SimConfig(seed=11, customers=200, rate=0.3, incidents=frozenset({"slow-responses"}))
     expected = [orjson.dumps(e) for e in generate(config, parse_start(start), duration_s=2 * 86400)]
     published = [value for recs in records.values() for _, value, _ in recs]
     assert sorted(published) == sorted(expected)
     mix = Counter(orjson.loads(v)["type"] for v in published)
-    assert set(mix) >= {"customer.acquired", "ticket.opened", "ticket.answered", "lead.created", "deal.created",
-                        "survey.submitted", "invoice.issued", "activity.logged"}
+    assert set(mix) >= {
+        "customer.acquired",
+        "ticket.opened",
+        "ticket.answered",
+        "lead.created",
+        "deal.created",
+        "survey.submitted",
+        "invoice.issued",
+        "activity.logged",
+    }
     assert mix["ticket.answered"] > mix["ticket.opened"] / 2 and mix["customer.acquired"] >= 200
     for (family, _), recs in records.items():
         last = ""
@@ -134,8 +158,16 @@ async def test_live_events_are_never_published_before_their_time(kafka_bootstrap
     began = time.time()
     start = datetime.fromtimestamp(began, UTC) - timedelta(seconds=3)  # 3 s of backfill, then live
     records = await simulate_into(
-        kafka_bootstrap, f"{prefix}.", "--seed", "5", "--rate", "40", "--duration", "8s",
-        "--start", start.isoformat().replace("+00:00", "Z"),
+        kafka_bootstrap,
+        f"{prefix}.",
+        "--seed",
+        "5",
+        "--rate",
+        "40",
+        "--duration",
+        "8s",
+        "--start",
+        start.isoformat().replace("+00:00", "Z"),
     )
     events = [(orjson.loads(v), ts / 1000) for recs in records.values() for _, v, ts in recs]
     assert events
@@ -211,7 +243,11 @@ class Demo:
         self.json_out = tmp_path / "demo.json"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream", "demo", "--json-out", str(self.json_out), "--refresh", "1", *args],
-            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         self.lines: list[str] = []

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 
-from stream.config import load_settings
-from stream.embedded import free_port
 from stream.kpis import METRICS
 from stream.topics import create_topics
-from tests.harness import WorkerProcess, applied, produce, read_topic, scrape, wait_for
+from tests.harness import WorkerProcess, applied, produce, read_topic, scrape, settings_of, stack_env, wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 WINDOW_MIN = {"1h": 60, "24h": 1440, "7d": 7 * 1440, "30d": 30 * 1440}
@@ -216,16 +214,7 @@ def expected_series() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.fixture
 def stack(kafka_bootstrap: str, redis_url: str, prefix: str, tmp_path: Any) -> Any:
-    env = {
-        "CRM_KPI_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "CRM_KPI_REDIS_URL": redis_url,
-        "CRM_KPI_TOPIC_PREFIX": f"{prefix}.",
-        "CRM_KPI_REDIS_KEY_PREFIX": prefix,
-        "CRM_KPI_KAFKA_GROUP_ID": f"{prefix}-workers",
-        "CRM_KPI_WORKER_PORT": str(free_port()),
-        "CRM_KPI_EXPORTER_PORT": str(free_port()),
-        "CRM_KPI_TOPIC_PARTITIONS": "3",
-    }
+    env = stack_env(kafka_bootstrap, redis_url, prefix, topic_partitions="3")
     worker = WorkerProcess(env, "worker", tmp_path / "worker.log")
     exporter = WorkerProcess(env, "exporter", tmp_path / "exporter.log")
     yield env, worker, exporter
@@ -235,7 +224,7 @@ def stack(kafka_bootstrap: str, redis_url: str, prefix: str, tmp_path: Any) -> A
 
 async def test_every_core_series_is_exact(stack: Any, redis: Any, kafka_bootstrap: str) -> None:
     env, worker, exporter = stack
-    settings = load_settings(**{k[len("CRM_KPI_") :].lower(): v for k, v in env.items()})
+    settings = settings_of(env)
     await create_topics(settings)
     worker.start()
     exporter.start()

@@ -29,10 +29,9 @@ import pytest
 import yaml
 
 from deploy import monitoring
-from stream.config import load_settings
 from stream.embedded import free_port
 from stream.topics import create_topics
-from tests.harness import WorkerProcess, applied, produce, wait_for
+from tests.harness import WorkerProcess, applied, produce, settings_of, stack_env, wait_for
 
 # Grafana's variables as a user would pick them: the 1h window, a 1m rate interval.
 VARIABLES = {"$window": "1h", "${window}": "1h", "$__rate_interval": "1m"}
@@ -167,17 +166,8 @@ async def test_dashboards_and_alerts_on_a_real_prometheus(
     kafka_bootstrap: str, redis_url: str, prefix: str, redis: Any, tmp_path: Path
 ) -> None:
     binary = _binary("prometheus")
-    env = {
-        "CRM_KPI_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "CRM_KPI_REDIS_URL": redis_url,
-        "CRM_KPI_TOPIC_PREFIX": f"{prefix}.",
-        "CRM_KPI_REDIS_KEY_PREFIX": prefix,
-        "CRM_KPI_KAFKA_GROUP_ID": f"{prefix}-workers",
-        "CRM_KPI_WORKER_PORT": str(free_port()),
-        "CRM_KPI_EXPORTER_PORT": str(free_port()),
-        "CRM_KPI_TOPIC_PARTITIONS": "2",
-    }
-    settings = load_settings(**{k[len("CRM_KPI_") :].lower(): v for k, v in env.items()})
+    env = stack_env(kafka_bootstrap, redis_url, prefix, topic_partitions="2")
+    settings = settings_of(env)
     await create_topics(settings)
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},

@@ -12,31 +12,21 @@ import pytest
 import redis.asyncio as aioredis
 
 from stream.config import load_settings
-from stream.embedded import EmbeddedServer, free_port, start_redis
+from stream.embedded import EmbeddedServer, start_redis
 from stream.topics import create_topics
-from tests.harness import WorkerProcess, applied, produce, read_topic, scrape, wait_for
+from tests.harness import WorkerProcess, applied, produce, read_topic, scrape, settings_of, stack_env, wait_for
 from tests.oracle import assert_matches, expected, make_stream
 
 pytestmark = pytest.mark.slow
 
 
 def _env(kafka: str, redis_url: str, prefix: str) -> dict[str, str]:
-    return {
-        "CRM_KPI_KAFKA_BOOTSTRAP_SERVERS": kafka,
-        "CRM_KPI_REDIS_URL": redis_url,
-        "CRM_KPI_TOPIC_PREFIX": f"{prefix}.",
-        "CRM_KPI_REDIS_KEY_PREFIX": prefix,
-        "CRM_KPI_KAFKA_GROUP_ID": f"{prefix}-workers",
-        "CRM_KPI_WORKER_PORT": str(free_port()),
-        "CRM_KPI_EXPORTER_PORT": str(free_port()),
-        "CRM_KPI_TOPIC_PARTITIONS": "4",
-        # Small batches: many commits and Redis writes for a kill to land between.
-        "CRM_KPI_BATCH_MAX_RECORDS": "500",
-    }
+    # Small batches: many commits and Redis writes for a kill to land between.
+    return stack_env(kafka, redis_url, prefix, topic_partitions="4", batch_max_records="500")
 
 
 async def _publish(env: dict[str, str], events: list[dict[str, Any]]) -> dict[Any, int]:
-    settings = load_settings(**{k[len("CRM_KPI_") :].lower(): v for k, v in env.items()})
+    settings = settings_of(env)
     await create_topics(settings)
     from schemas import TOPIC_FAMILY
 
