@@ -212,6 +212,11 @@ class BatchProcessor:
         result: dict[str, str | None] = await self._retry(lambda: self.store.read_states(keys), "redis read")
         return result
 
+    async def load_offsets(self, fields: list[str]) -> dict[str, int]:
+        """Redis's next offset to apply per partition field (retried through outages)."""
+        result: dict[str, int] = await self._retry(lambda: self.store.load_offsets(fields), "load offsets")
+        return result
+
     async def _retry(self, call: Any, what: str) -> Any:
         """Await call() until it succeeds; Redis/Kafka outages pause the worker, never drop."""
         delay = 0.05

@@ -186,7 +186,8 @@ class BatchConsumer(Service):
     async def _resync(self, partitions: list[TopicPartition]) -> None:
         assert self._store is not None and self._consumer is not None
         fields = {offset_field(tp.topic, tp.partition): tp for tp in partitions}
-        stored = await self._processor_retry_offsets(list(fields))
+        assert self._processor is not None
+        stored = await self._processor.load_offsets(list(fields))
         owned = self._consumer.assignment()
         for field, tp in fields.items():
             if field in stored:
@@ -195,12 +196,6 @@ class BatchConsumer(Service):
                     self._consumer.seek(tp, stored[field])
             else:
                 self._expected[field] = -1
-
-    async def _processor_retry_offsets(self, fields: list[str]) -> dict[str, int]:
-        assert self._processor is not None and self._store is not None
-        store = self._store
-        result: dict[str, int] = await self._processor._retry(lambda: store.load_offsets(fields), "load offsets")
-        return result
 
     def _lag(self) -> dict[tuple[str, int], int]:
         consumer = self._consumer
