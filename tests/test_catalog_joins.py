@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from schemas import event_adapter
 from stream import churn_risk
-from stream.aggregate import FoldContext, entity_keys, fold
+from stream.aggregate import FoldContext
 from stream.joins import DealState, OrderHistory, RiskState, TicketState, to_us
 from stream.keys import Keys
 from stream.kpis import METRICS, Current, Field, KpiConfig, Totals, ZStat
 from stream.windows import make_windows
+from tests.memory_store import MemoryStore
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SLA = {"urgent": 900.0, "high": 3600.0, "normal": 14400.0, "low": 86400.0}
@@ -31,43 +32,14 @@ CTX = FoldContext(
 BY_NAME = {m.name: m for m in METRICS}
 
 
-class Memory:
-    """The effect of store.apply on dicts: windows, distinct counts, current counters, sets."""
+class Memory(MemoryStore):
+    """The catalog's view of the in-memory store: totals with distinct counts, current state."""
 
     def __init__(self) -> None:
-        self.states: dict[str, str] = {}
-        self.buckets: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.distinct: dict[tuple[str, int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.counters: dict[str, int] = defaultdict(int)
-        self.zsets: dict[str, dict[str, float]] = defaultdict(dict)
-
-    def run(self, events: list[Any]) -> None:
-        pairs = [(e, to_us(e.occurred_at)) for e in events]
-        states = {k: self.states.get(k) for k in entity_keys(events, CTX.keys)}
-        delta = fold(pairs, states, CTX)
-        for key, (old, new) in delta.entity_writes.items():
-            assert self.states.get(key) == old
-            self.states[key] = new
-        for bkey, fields in delta.buckets.items():
-            for f, v in fields.items():
-                self.buckets[bkey][f] += v
-        for dkey, members in delta.distinct.items():
-            for m, v in members.items():
-                self.distinct[dkey][m] += v
-        for name, v in delta.counters.items():
-            self.counters[name] += v
-        for (z, member), score in delta.zadd.items():
-            self.zsets[z][member] = score
-        for z, member in delta.zrem:
-            self.zsets[z].pop(member, None)
+        super().__init__(CTX)
 
     def window(self, label: str) -> Totals:
-        out: dict[str, int] = defaultdict(int)
-        for (lab, _), fields in self.buckets.items():
-            if lab == label:
-                for f, v in fields.items():
-                    out[f] += v
-        totals = Totals({f: v for f, v in out.items() if v})
+        totals = Totals(self.window_counters(label))
         for name in (Field.USERS, Field.BUYERS):
             counts: dict[str, int] = defaultdict(int)
             for (lab, _, n), members in self.distinct.items():

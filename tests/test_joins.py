@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace as E
@@ -11,11 +10,12 @@ from types import SimpleNamespace as E
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.aggregate import FoldContext, entity_keys, fold
-from stream.joins import DealState, TicketState, to_us
+from stream.aggregate import FoldContext
+from stream.joins import DealState, TicketState
 from stream.keys import Keys
 from stream.kpis import Field
 from stream.windows import make_windows
+from tests.memory_store import MemoryStore
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 CTX = FoldContext(
@@ -29,38 +29,6 @@ CTX = FoldContext(
 
 def ago(minutes: float) -> datetime:
     return NOW - timedelta(minutes=minutes)
-
-
-class MemoryRedis:
-    """The effect of store.apply on a dict, to check folds without a server."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, str] = {}
-        self.buckets: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.zsets: dict[str, dict[str, float]] = defaultdict(dict)
-
-    def run(self, events: list[E]) -> None:
-        pairs = [(e, to_us(e.occurred_at)) for e in events]
-        states = {k: self.states.get(k) for k in entity_keys(events, CTX.keys)}
-        delta = fold(pairs, states, CTX)
-        for key, (old, new) in delta.entity_writes.items():
-            assert self.states.get(key) == old
-            self.states[key] = new
-        for bkey, fields in delta.buckets.items():
-            for f, v in fields.items():
-                self.buckets[bkey][f] += v
-        for (z, member), score in delta.zadd.items():
-            self.zsets[z][member] = score
-        for z, member in delta.zrem:
-            self.zsets[z].pop(member, None)
-
-    def window(self, label: str) -> dict[str, int]:
-        out: dict[str, int] = defaultdict(int)
-        for (lab, _), fields in self.buckets.items():
-            if lab == label:
-                for f, v in fields.items():
-                    out[f] += v
-        return {f: v for f, v in out.items() if v}
 
 
 def opened(tid: str, minutes: float, priority: str = "normal") -> E:
@@ -105,9 +73,9 @@ SCENARIO = [
 
 
 def test_scenario_figures() -> None:
-    r = MemoryRedis()
+    r = MemoryStore(CTX)
     r.run(SCENARIO)
-    h = r.window("1h")
+    h = r.window_counters("1h")
     # first responses: a 20 min (urgent, breach), c 5 min (low) -> n=2, sum 25 min
     assert h[Field.FR_N] == 2 and h[Field.FR_US] == 25 * 60 * 10**6
     assert h[Field.fr_breach("urgent")] == 1 and Field.fr_breach("low") not in h
@@ -122,14 +90,14 @@ def test_scenario_figures() -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.permutations(SCENARIO), st.lists(st.integers(min_value=1, max_value=len(SCENARIO)), max_size=5))
 def test_order_and_batching_do_not_change_figures(order: list[E], cuts: list[int]) -> None:
-    reference = MemoryRedis()
+    reference = MemoryStore(CTX)
     reference.run(SCENARIO)
-    r = MemoryRedis()
+    r = MemoryStore(CTX)
     bounds = sorted({0, len(order), *cuts})
     for lo, hi in itertools.pairwise(bounds):
         r.run(order[lo:hi])
     for label in ("1h", "24h"):
-        assert r.window(label) == reference.window(label)
+        assert r.window_counters(label) == reference.window_counters(label)
     assert {z: m for z, m in r.zsets.items() if m} == {z: m for z, m in reference.zsets.items() if m}
 
 
