@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,16 +104,20 @@ class _Buckets:
         key = (t_us // self._fine_us, name, member)
         self.members[key] = self.members.get(key, 0) + value
 
+    def _targets(self, m: int) -> Iterator[tuple[Window, int]]:
+        """(window, bucket) of every window whose range holds fine bucket m."""
+        start_s = m * (self._fine_us // US)
+        for window, first in zip(self._windows, self._first, strict=True):
+            k = start_s // window.bucket_seconds
+            if k >= first:
+                yield window, k
+
     def spread(self, delta: BatchDelta) -> None:
         """Write the collected counters into each window's buckets (non-zero ones only)."""
-        fine_s = self._fine_us // US
         for (m, name), value in self.fine.items():
             if not value:
                 continue
-            for window, first in zip(self._windows, self._first, strict=True):
-                k = m * fine_s // window.bucket_seconds
-                if k < first:
-                    continue
+            for window, k in self._targets(m):
                 key = (window.label, k)
                 target = delta.buckets.get(key)
                 if target is None:
@@ -123,10 +127,7 @@ class _Buckets:
         for (m, name, member), value in self.members.items():
             if not value:
                 continue
-            for window, first in zip(self._windows, self._first, strict=True):
-                k = m * fine_s // window.bucket_seconds
-                if k < first:
-                    continue
+            for window, k in self._targets(m):
                 dkey = (window.label, k, name)
                 counts = delta.distinct.get(dkey)
                 if counts is None:
