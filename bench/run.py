@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import TOPIC_FAMILY
 from stream.config import Settings, load_settings
-from stream.decode import Decoded, decode
+from stream.decode import Rejection, decode
 from stream.embedded import EmbeddedServer, free_port, start_kafka, start_redis
 from stream.exporter import kpi_samples, snapshot
 from stream.topics import create_topics
@@ -218,7 +218,7 @@ async def run_ceiling(s: Settings, total: int, group: str, with_decode: bool) ->
                 if with_decode:
                     family = families[tp.topic]
                     for r in recs:
-                        valid += type(decode(r.value, family, now_us, 65536, 300_000_000)) is Decoded
+                        valid += not isinstance(decode(r.value, family, now_us, 65536, 300_000_000), Rejection)
         last = time.perf_counter()
     finally:
         await consumer.stop()

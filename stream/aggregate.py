@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.joins import KINDS_BY_TYPE, Contribution, JoinContext
+from stream.joins import KINDS_BY_TYPE, Contribution, EntityKind, JoinContext
 from stream.keys import Keys
 from stream.kpis import EVENT_MEMBERS, KpiConfig, event_fields
 from stream.windows import US, Window
@@ -62,11 +62,12 @@ class BatchDelta:
 def entity_keys(events: Sequence[Any], keys: Keys) -> list[str]:
     """Redis keys of every entity state the events touch (to read before folding)."""
     out: dict[str, None] = {}
+    kinds = _kinds_with_prefix(keys)
     for ev in events:
-        for kind in KINDS_BY_TYPE.get(ev.type, ()):
+        for kind, prefix in kinds.get(ev.type, ()):
             entity_id = kind.id_of(ev)
             if entity_id is not None:
-                out[keys.entity(kind.tag, entity_id)] = None
+                out[prefix + entity_id] = None
     return list(out)
 
 
@@ -85,6 +86,7 @@ class _Buckets:
         self.oldest_us = int((ctx.now_s - max(w.seconds for w in ctx.windows)) * US)
         self.fine: dict[tuple[int, str], int] = {}
         self.members: dict[tuple[int, str, str], int] = {}
+        self._targets_of: dict[int, list[tuple[str, int, int]]] = {}
 
     def add(self, t_us: int, items: Iterable[tuple[str, int]]) -> bool:
         """Add items at event time t_us; False (nothing added) when t_us is late."""
@@ -97,6 +99,13 @@ class _Buckets:
             fine[key] = fine.get(key, 0) + value
         return True
 
+    def add_one(self, t_us: int, name: str, value: int) -> None:
+        """Add one counter at event time t_us (late times are dropped)."""
+        if t_us >= self.oldest_us:
+            key = (t_us // self._fine_us, name)
+            fine = self.fine
+            fine[key] = fine.get(key, 0) + value
+
     def add_member(self, t_us: int, name: str, member: str, value: int) -> None:
         """Count `member` of distinct set `name` at t_us (late times are dropped)."""
         if t_us < self.oldest_us:
@@ -104,35 +113,40 @@ class _Buckets:
         key = (t_us // self._fine_us, name, member)
         self.members[key] = self.members.get(key, 0) + value
 
-    def _targets(self, m: int) -> Iterator[tuple[Window, int]]:
-        """(window, bucket) of every window whose range holds fine bucket m."""
-        start_s = m * (self._fine_us // US)
-        for window, first in zip(self._windows, self._first, strict=True):
-            k = start_s // window.bucket_seconds
-            if k >= first:
-                yield window, k
+    def _targets(self, m: int) -> list[tuple[str, int, int]]:
+        """(window label, bucket, expiry) of every window whose range holds fine bucket m."""
+        found = self._targets_of.get(m)
+        if found is None:
+            start_s = m * (self._fine_us // US)
+            found = self._targets_of[m] = [
+                (window.label, k, window.expire_at(k))
+                for window, first in zip(self._windows, self._first, strict=True)
+                if (k := start_s // window.bucket_seconds) >= first
+            ]
+        return found
 
     def spread(self, delta: BatchDelta) -> None:
         """Write the collected counters into each window's buckets (non-zero ones only)."""
+        buckets, expire_at = delta.buckets, delta.expire_at
         for (m, name), value in self.fine.items():
             if not value:
                 continue
-            for window, k in self._targets(m):
-                key = (window.label, k)
-                target = delta.buckets.get(key)
+            for label, k, expiry in self._targets(m):
+                key = (label, k)
+                target = buckets.get(key)
                 if target is None:
-                    target = delta.buckets[key] = {}
-                    delta.expire_at[key] = window.expire_at(k)
+                    target = buckets[key] = {}
+                    expire_at[key] = expiry
                 target[name] = target.get(name, 0) + value
         for (m, name, member), value in self.members.items():
             if not value:
                 continue
-            for window, k in self._targets(m):
-                dkey = (window.label, k, name)
+            for label, k, expiry in self._targets(m):
+                dkey = (label, k, name)
                 counts = delta.distinct.get(dkey)
                 if counts is None:
                     counts = delta.distinct[dkey] = {}
-                    delta.expire_at.setdefault((window.label, k), window.expire_at(k))
+                    expire_at.setdefault((label, k), expiry)
                 counts[member] = counts.get(member, 0) + value
 
 
@@ -147,56 +161,95 @@ def fold(events: Sequence[tuple[Any, int]], states: Mapping[str, str | None], ct
     buckets = _Buckets(ctx)
     lead_sources = ctx.lead_sources
     lost_reasons = ctx.config.lost_reasons
-    touched: dict[str, tuple[Any, Any, str, Any]] = {}  # key -> (old, new, id, kind)
-    kinds_by_type = KINDS_BY_TYPE
+    touched: dict[str, tuple[Any, Any, str]] = {}  # key -> (state read, state now, entity id)
+    kinds = _kinds_with_prefix(ctx.keys)
+    processed = delta.processed
+    newest = -1
+    late = 0
     for ev, t_us in events:
         kind_name = ev.type
-        delta.processed[kind_name] += 1
-        if delta.newest_us is None or t_us > delta.newest_us:
-            delta.newest_us = t_us
+        processed[kind_name] += 1
+        if t_us > newest:
+            newest = t_us
         if not buckets.add(t_us, event_fields(ev, lead_sources, lost_reasons)):
-            delta.late += 1
+            late += 1
         members = EVENT_MEMBERS.get(kind_name)
         if members is not None:
             name, member = members(ev)
             buckets.add_member(t_us, name, member, 1)
-        for kind in kinds_by_type.get(kind_name, ()):
+        for kind, prefix in kinds.get(kind_name, ()):
             entity_id = kind.id_of(ev)
             if entity_id is not None:
-                key = ctx.keys.entity(kind.tag, entity_id)
-                if key in touched:
-                    old, cur, _, _ = touched[key]
+                key = prefix + entity_id
+                seen = touched.get(key)
+                if seen is None:
+                    old = kind.decode(states.get(key))
+                    touched[key] = (old, old.merge(ev, t_us), entity_id)
                 else:
-                    old = cur = kind.decode(states.get(key))
-                touched[key] = (old, cur.merge(ev, t_us), entity_id, kind)
+                    touched[key] = (seen[0], seen[1].merge(ev, t_us), entity_id)
+    delta.late = late
+    delta.newest_us = newest if newest >= 0 else None
 
-    for key, (old, new, entity_id, _kind) in touched.items():
-        old_raw, new_raw = old.encode(), new.encode()
-        if old_raw == new_raw:
+    for key, (old, new, entity_id) in touched.items():
+        # The raw value read is the old state's encoding (encode is canonical), so
+        # an unchanged entity costs one encode and no write.
+        stored = states.get(key)
+        new_raw = new.encode()
+        if new_raw == (stored or _EMPTY[type(new)]):
             continue
-        delta.entity_writes[key] = (states.get(key), new_raw)
+        delta.entity_writes[key] = (stored, new_raw)
         if new.persistent():
             delta.persistent.add(key)
         jctx = JoinContext(entity_id, ctx.sla, ctx.config)
-        _apply_difference(delta, buckets, old.contribute(jctx), new.contribute(jctx))
+        # An entity new to Redis contributed nothing so far.
+        before = _NOTHING if stored is None else old.contribute(jctx)
+        _apply_difference(delta, buckets, before, new.contribute(jctx))
 
     buckets.spread(delta)
     return delta
 
 
+@functools.lru_cache(maxsize=8)
+def _kinds_with_prefix(keys: Keys) -> dict[str, tuple[tuple[EntityKind, str], ...]]:
+    """Per event type: the entity kinds it touches and their Redis key prefixes."""
+    return {
+        event_type: tuple((kind, keys.entity(kind.tag, "")) for kind in kinds)
+        for event_type, kinds in KINDS_BY_TYPE.items()
+    }
+
+
+class _EmptyEncodings(dict[type, str]):
+    """State class -> encoding of its empty state (what an absent key reads as)."""
+
+    def __missing__(self, cls: type) -> str:
+        value: str = cls().encode()
+        self[cls] = value
+        return value
+
+
+_EMPTY = _EmptyEncodings()
+
+
+_NOTHING = Contribution()
+
+
 def _apply_difference(delta: BatchDelta, buckets: _Buckets, old: Contribution, new: Contribution) -> None:
+    add = buckets.add_one
     for t_us, name, value in new.window:
-        buckets.add(t_us, [(name, value)])
+        add(t_us, name, value)
     for t_us, name, value in old.window:
-        buckets.add(t_us, [(name, -value)])
+        add(t_us, name, -value)
     for t_us, name, member, value in new.members:
         buckets.add_member(t_us, name, member, value)
     for t_us, name, member, value in old.members:
         buckets.add_member(t_us, name, member, -value)
-    for name in old.counters.keys() | new.counters.keys():
-        d = new.counters.get(name, 0) - old.counters.get(name, 0)
-        if d:
-            delta.counters[name] = delta.counters.get(name, 0) + d
+    counters = delta.counters
+    for name, value in new.counters.items():
+        counters[name] = counters.get(name, 0) + value
+    for name, value in old.counters.items():
+        counters[name] = counters.get(name, 0) - value
+    if old.zmembers == new.zmembers:
+        return
     for zset, member, _score in old.zmembers - new.zmembers:
         delta.zrem.add((zset, member))
         delta.zadd.pop((zset, member), None)

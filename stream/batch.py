@@ -24,7 +24,7 @@ import redis.exceptions
 from stream.aggregate import FoldContext, entity_keys, fold
 from stream.config import Settings
 from stream.deadletter import DeadLetters
-from stream.decode import Decoded, Rejection, decode
+from stream.decode import Rejection, decode
 from stream.keys import Keys
 from stream.opmetrics import WorkerMetrics
 from stream.store import AsyncStore, event_digest
@@ -123,8 +123,8 @@ class BatchProcessor:
                     continue
                 last = rec.offset
                 out = decode(rec.value, family, now_us, max_bytes, self._max_skew_us)
-                if type(out) is Decoded:
-                    valid.append((out.event, out.t_us))
+                if type(out) is tuple:
+                    valid.append(out)
                 else:
                     rejected.append((rec, out))  # type: ignore[arg-type]
             if last >= 0:

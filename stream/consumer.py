@@ -9,6 +9,7 @@ write); Kafka commits follow it for lag monitoring and as a fallback.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -36,6 +37,20 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis.from_url(
         settings.redis_url, password=password, socket_timeout=10, socket_connect_timeout=5, health_check_interval=0
     )
+
+
+def _tune_gc() -> None:
+    # A batch allocates tens of thousands of short-lived, acyclic objects (events,
+    # tuples, dicts) that reference counting frees. With the default threshold
+    # (700) the cyclic collector runs dozens of times per batch and rescans the
+    # batch in flight: ~10 % of the worker's CPU. Start-up objects (modules,
+    # compiled validators) are frozen out of every later collection.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_GC_THRESHOLD, 20, 20)
+
+
+_GC_THRESHOLD = 50_000
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -97,6 +112,7 @@ class BatchConsumer(Service):
         )
         self._consumer.subscribe(self.topics, listener=_Rebalance(self))
         await self._consumer.start()
+        _tune_gc()
         self.metrics.watch_lag(self._lag)
         log.info("consuming %s as group %s", ", ".join(self.topics), s.kafka_group_id)
 

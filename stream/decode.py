@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 from pydantic import ValidationError
 
-from schemas import EVENT_TYPES, TOPIC_FAMILY, event_adapter
+from schemas import EVENT_TYPES, MODELS, TOPIC_FAMILY, event_adapter, type_of
 from stream.joins import to_us
 
 __all__ = ["REASONS", "Decoded", "Rejection", "decode"]
@@ -23,6 +24,16 @@ REASONS: Final = (
     "future_timestamp",
 )
 _KNOWN_TYPES = frozenset(EVENT_TYPES)
+# The union validator finds the model by the "type" field, but pays for it when
+# "type" is not the first key (most producers): ~6 µs instead of ~4 µs an event.
+# A guess from the raw text picks the model's own validator; it accepts only its
+# own type literal, so a wrong guess (a "type" key inside a nested object) fails
+# and falls back to the union, which also gives the canonical error.
+_TYPE_GUESS: Final = re.compile(rb'"type"\s*:\s*"([a-z_.]{1,40})"')
+_MODEL_VALIDATORS: Final = {type_of(m).encode(): m.__pydantic_validator__ for m in MODELS}
+
+Decoded = tuple[Any, int]
+"""A valid event and its occurred_at in µs since the epoch (UTC)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +42,6 @@ class Rejection:
 
     reason: str
     detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """A valid event and its occurred_at in µs since the epoch (UTC)."""
-
-    event: Any
-    t_us: int
 
 
 def decode(raw: bytes | None, family: str, now_us: int, max_bytes: int, max_skew_us: int) -> Decoded | Rejection:
@@ -52,7 +55,7 @@ def decode(raw: bytes | None, family: str, now_us: int, max_bytes: int, max_skew
     if len(raw) > max_bytes:
         return Rejection("too_large", f"{len(raw)} bytes > limit {max_bytes}")
     try:
-        event = event_adapter.validate_json(raw)
+        event = _validate(raw)
     except ValidationError as exc:
         return _classify(raw, family, exc)
     if TOPIC_FAMILY[event.type] != family:
@@ -63,7 +66,18 @@ def decode(raw: bytes | None, family: str, now_us: int, max_bytes: int, max_skew
         return Rejection(
             "future_timestamp", f"occurred_at {ahead:.0f}s in the future (max skew {max_skew_us / 1e6:.0f}s)"
         )
-    return Decoded(event, t_us)
+    return event, t_us
+
+
+def _validate(raw: bytes) -> Any:
+    guess = _TYPE_GUESS.search(raw)
+    validator = _MODEL_VALIDATORS.get(guess.group(1)) if guess is not None else None
+    if validator is not None:
+        try:
+            return validator.validate_json(raw)
+        except ValidationError:
+            pass
+    return event_adapter.validate_json(raw)
 
 
 def _wrong_topic(event_type: str, family: str) -> Rejection:

@@ -38,14 +38,19 @@ for _, slot in ipairs(slots) do
 end
 if #dups > 0 then return {'duplicate', unpack(dups)} end
 
--- 3. Entity states: each must still hold what the worker read.
-local n_ent = num()
-local ent_from = i + 1
-for _ = 1, n_ent do
-  local key, old = nxt(), nxt()
-  i = i + 2 -- new value and TTL (ms, 0 = none), used below
-  local cur = redis.call('GET', key) or ''
-  if cur ~= old then return {'entity', key} end
+-- 3. The delta: one JSON document (store.py encode_delta). Integers arrive as
+-- Lua numbers (exact below 2^53) or, beyond that, as strings; `int` spells
+-- either as the integer text Redis expects.
+local delta = cjson.decode(nxt())
+local function int(v)
+  if type(v) == 'number' then return string.format('%.0f', v) end
+  return v
+end
+
+-- 4. Entity states: each must still hold what the worker read.
+for _, e in ipairs(delta.entities) do
+  local cur = redis.call('GET', e[1]) or ''
+  if cur ~= e[2] then return {'entity', e[1]} end
 end
 
 -- All checks passed: write.
@@ -54,49 +59,36 @@ for from = 1, n_ids, CHUNK do
 end
 if n_ids > 0 then redis.call('EXPIREAT', dd_key, dd_expire_at) end
 
-for j = 0, n_ent - 1 do
-  local at = ent_from + 4 * j
-  local ttl = tonumber(argv[at + 3])
-  if ttl > 0 then
-    redis.call('SET', argv[at], argv[at + 2], 'PX', ttl)
+for _, e in ipairs(delta.entities) do
+  -- e = {key, old, new, ttl in ms (0 = none)}
+  if e[4] > 0 then
+    redis.call('SET', e[1], e[3], 'PX', int(e[4]))
   else
-    redis.call('SET', argv[at], argv[at + 2])
+    redis.call('SET', e[1], e[3])
   end
 end
 
-local n_buckets = num()
-for _ = 1, n_buckets do
-  local key, expire_at, n_fields = nxt(), nxt(), num()
-  for _ = 1, n_fields do
-    redis.call('HINCRBY', key, nxt(), nxt())
-  end
-  redis.call('EXPIREAT', key, expire_at)
+for _, b in ipairs(delta.buckets) do
+  -- b = {key, expire_at, {field = increment}}
+  for name, by in pairs(b[3]) do redis.call('HINCRBY', b[1], name, int(by)) end
+  redis.call('EXPIREAT', b[1], int(b[2]))
 end
 
 -- Exact distinct counts: member -> count per window bucket; a member at 0 is removed.
-local n_distinct = num()
-for _ = 1, n_distinct do
-  local key, expire_at, n_members = nxt(), nxt(), num()
-  for _ = 1, n_members do
-    local member, by = nxt(), nxt()
-    if redis.call('HINCRBY', key, member, by) <= 0 then redis.call('HDEL', key, member) end
+for _, d in ipairs(delta.distinct) do
+  for member, by in pairs(d[3]) do
+    if redis.call('HINCRBY', d[1], member, int(by)) <= 0 then redis.call('HDEL', d[1], member) end
   end
-  redis.call('EXPIREAT', key, expire_at)
+  redis.call('EXPIREAT', d[1], int(d[2]))
 end
 
-local cur_key, n_counters = nxt(), num()
-for _ = 1, n_counters do redis.call('HINCRBY', cur_key, nxt(), nxt()) end
+local cur_key = delta.current[1]
+for name, by in pairs(delta.current[2]) do redis.call('HINCRBY', cur_key, name, int(by)) end
 
-local n_zadd = num()
-for _ = 1, n_zadd do
-  local key, member, score = nxt(), nxt(), nxt()
-  redis.call('ZADD', key, score, member)
-end
-local n_zrem = num()
-for _ = 1, n_zrem do redis.call('ZREM', nxt(), nxt()) end
+for _, z in ipairs(delta.zadd) do redis.call('ZADD', z[1], z[3], z[2]) end
+for _, z in ipairs(delta.zrem) do redis.call('ZREM', z[1], z[2]) end
 -- Current-state sets forget members older than the state TTL (bounded memory).
-local n_prune = num()
-for _ = 1, n_prune do redis.call('ZREMRANGEBYSCORE', nxt(), '-inf', '(' .. nxt()) end
+for _, z in ipairs(delta.prune) do redis.call('ZREMRANGEBYSCORE', z[1], '-inf', '(' .. z[2]) end
 
 if #offsets > 0 then redis.call('HSET', KEYS[1], unpack(offsets)) end
 return {'ok'}
