@@ -139,17 +139,20 @@ def _poll_until(check: Callable[[], bool], timeout: float, what: str, interval: 
     return time.perf_counter()
 
 
-def run_worker(s: Settings, total: int, unique: list[dict[str, Any]], now: datetime, logs: Path) -> dict[str, Any]:
-    """The project's worker on the published topics: rate, start-up, RSS, exactness."""
+def run_worker(
+    s: Settings, total: int, unique: list[dict[str, Any]], now: datetime, logs: Path, replicas: int = 1
+) -> dict[str, Any]:
+    """The project's worker (`replicas` processes in one group) on the published topics: rate, start-up, RSS, exactness."""
     client = redis.Redis.from_url(s.redis_url)
     spawned = time.perf_counter()
-    proc = _spawn(["stream", "worker"], _env(s), logs / "worker.log")
+    procs = [_spawn(["stream", "worker"], _env(s), logs / f"worker{i}.log") for i in range(replicas)]
     try:
         first = _poll_until(lambda: _applied_total(client, s.redis_key_prefix) > 0, 120, "first batch")
         last = _poll_until(lambda: _applied_total(client, s.redis_key_prefix) >= total, 900, "all records")
-        rss = _peak_rss_mb(proc.pid)
+        rss = max(_peak_rss_mb(p.pid) for p in procs)
     finally:
-        _stop(proc)
+        for p in procs:
+            _stop(p)
     figures = {(name, tuple(sorted(labels.items()))): value for name, labels, value in kpi_samples(snapshot(client, s))}
     try:
         assert_matches(figures, expected(unique, now))
@@ -386,6 +389,12 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=10_000)
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="also run this many worker processes in one group (scaling out); 1 skips",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -409,7 +418,7 @@ def main() -> None:
             _, n_pub = make_stream(args.naive_events, seed=2, now=now, span_s=1800)
             s_naive = _settings(kafka.url, rds.url, "benchn.", "benchn")
             n_total = sum(asyncio.run(publish(s_naive, n_pub)).values())
-        runs: dict[str, list[dict[str, Any]]] = {"worker": [], "naive": [], "raw": [], "decode": []}
+        runs: dict[str, list[dict[str, Any]]] = {"worker": [], "replicas": [], "naive": [], "raw": [], "decode": []}
         for r in range(args.rounds):
             s = _settings(kafka.url, rds.url, "bench.", f"benchw{r}")
             runs["worker"].append(run_worker(s, total, unique, now, logs))
@@ -417,6 +426,10 @@ def main() -> None:
                 f"round {r + 1}: worker {runs['worker'][-1]['rate']:,.0f}/s exact={runs['worker'][-1]['exact']}",
                 flush=True,
             )
+            if args.replicas > 1:
+                s_rep = _settings(kafka.url, rds.url, "bench.", f"benchr{r}")
+                runs["replicas"].append(run_worker(s_rep, total, unique, now, logs, args.replicas))
+                print(f"round {r + 1}: {args.replicas} workers {runs['replicas'][-1]['rate']:,.0f}/s", flush=True)
             if not args.skip_naive:
                 runs["naive"].append(run_naive(kafka.url, rds.url, "benchn.", f"benchn{r}", n_total, logs))
                 print(f"round {r + 1}: naive {runs['naive'][-1]['rate']:,.0f}/s", flush=True)
@@ -428,7 +441,9 @@ def main() -> None:
             )
         result["rates"] = {k: _summary([x["rate"] for x in v]) for k, v in runs.items() if v}
         result["worker_runs"] = runs["worker"]
-        result["exact"] = all(x["exact"] for x in runs["worker"])
+        result["replica_runs"] = runs["replicas"]
+        result["replicas"] = args.replicas
+        result["exact"] = all(x["exact"] for x in runs["worker"] + runs["replicas"])
         med = result["rates"]
         result["ratios"] = {
             "worker_vs_decode_ceiling": med["worker"]["median"] / med["decode"]["median"],
@@ -463,6 +478,7 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"{'what':<44}{'median':>12}{'min':>12}{'max':>12}")
     names = {
         "worker": "crm-kpi worker, end to end, exact (ev/s)",
+        "replicas": f"{r.get('replicas', 2)} worker processes, one group (ev/s)",
         "naive": "naive Faust agent, await per event (ev/s)",
         "raw": "ceiling: aiokafka getmany only (ev/s)",
         "decode": "ceiling: getmany + validation (ev/s)",
