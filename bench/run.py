@@ -45,6 +45,9 @@ def _settings(kafka: str, redis_url: str, topic_prefix: str, key_prefix: str, **
     )
 
 
+WORKER_SETTINGS: dict[str, str] = {}
+
+
 def _env(s: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_KPI_")}
     env.update(
@@ -58,6 +61,8 @@ def _env(s: Settings, **extra: str) -> dict[str, str]:
         CRM_KPI_LOG_LEVEL="warning",
     )
     env.update(extra)
+    # Experiments: `--worker-setting CRM_KPI_BATCH_MAX_RECORDS=2000` applies to every worker run.
+    env.update(WORKER_SETTINGS)
     return env
 
 
@@ -396,7 +401,11 @@ def main() -> None:
         help="also run this many worker processes in one group (scaling out); 1 skips",
     )
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--worker-setting", action="append", default=[], metavar="CRM_KPI_X=VALUE", help="a worker setting to try"
+    )
     args = parser.parse_args()
+    WORKER_SETTINGS.update(kv.split("=", 1) for kv in args.worker_setting)
 
     logs = ROOT / "bench" / "results" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     logs.mkdir(parents=True, exist_ok=True)

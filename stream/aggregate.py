@@ -18,7 +18,7 @@ from stream.keys import Keys
 from stream.kpis import EVENT_MEMBERS, KpiConfig, event_fields
 from stream.windows import US, Window
 
-__all__ = ["BatchDelta", "FoldContext", "entity_keys", "fold"]
+__all__ = ["BatchDelta", "FoldContext", "FoldMemo", "entity_keys", "fold"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,6 +50,8 @@ class BatchDelta:
     # Exact distinct counts: (window label, bucket, name) -> {member: count delta}.
     distinct: dict[tuple[str, int, str], dict[str, int]] = field(default_factory=dict)
     entity_writes: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    # The written states and what they contribute, for FoldMemo.remember after the write.
+    contributions: dict[str, tuple[Any, Contribution]] = field(default_factory=dict)
     persistent: set[str] = field(default_factory=set)  # entity keys written without TTL
     zadd: dict[tuple[str, str], float] = field(default_factory=dict)
     zrem: set[tuple[str, str]] = field(default_factory=set)
@@ -57,6 +59,29 @@ class BatchDelta:
     processed: Counter[str] = field(default_factory=Counter)
     late: int = 0
     newest_us: int | None = None
+
+
+class FoldMemo:
+    """Decoded entity states and their contributions, kept from one batch to the next.
+
+    Keyed by entity key and valid only for the exact raw value Redis returns, so
+    a state changed elsewhere (another worker, an expiry) is decoded afresh:
+    fold results are identical with or without a memo. A memo belongs to one
+    FoldContext's settings (contributions depend on the SLAs and KPI settings).
+    Bounded: emptied when it holds `limit` entities.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self.entries: dict[str, tuple[str, Any, Contribution]] = {}  # key -> (raw, state, contribution)
+
+    def remember(self, delta: BatchDelta) -> None:
+        """Record the entity states `delta` wrote (call once Redis accepted it)."""
+        if len(self.entries) + len(delta.contributions) > self.limit:
+            self.entries.clear()
+        entries, writes = self.entries, delta.entity_writes
+        for key, (state, contribution) in delta.contributions.items():
+            entries[key] = (writes[key][1], state, contribution)
 
 
 def entity_keys(events: Sequence[Any], keys: Keys) -> list[str]:
@@ -150,13 +175,22 @@ class _Buckets:
                 counts[member] = counts.get(member, 0) + value
 
 
-def fold(events: Sequence[tuple[Any, int]], states: Mapping[str, str | None], ctx: FoldContext) -> BatchDelta:
+def fold(
+    events: Sequence[tuple[Any, int]],
+    states: Mapping[str, str | None],
+    ctx: FoldContext,
+    memo: FoldMemo | None = None,
+) -> BatchDelta:
     """Fold new events ((event, occurred_at in µs), batch order) over entity states read from Redis.
 
     `states` maps every key of `entity_keys` to its raw value (None if absent).
     Late events (older than the longest window) change no window but still
-    update entity state, which counts every valid event however old.
+    update entity state, which counts every valid event however old. `memo`
+    only saves work: the caller records the delta's entity writes in it once
+    Redis has accepted them (`FoldMemo.remember`), and fold then skips decoding
+    those states and recomputing what they contributed.
     """
+    remembered = memo.entries if memo is not None else {}
     delta = BatchDelta()
     buckets = _Buckets(ctx)
     lead_sources = ctx.lead_sources
@@ -183,7 +217,9 @@ def fold(events: Sequence[tuple[Any, int]], states: Mapping[str, str | None], ct
                 key = prefix + entity_id
                 seen = touched.get(key)
                 if seen is None:
-                    old = kind.decode(states.get(key))
+                    raw = states.get(key)
+                    hit = remembered.get(key)
+                    old = hit[1] if hit is not None and hit[0] == raw else kind.decode(raw)
                     touched[key] = (old, old.merge(ev, t_us), entity_id)
                 else:
                     touched[key] = (seen[0], seen[1].merge(ev, t_us), entity_id)
@@ -202,8 +238,14 @@ def fold(events: Sequence[tuple[Any, int]], states: Mapping[str, str | None], ct
             delta.persistent.add(key)
         jctx = JoinContext(entity_id, ctx.sla, ctx.config)
         # An entity new to Redis contributed nothing so far.
-        before = _NOTHING if stored is None else old.contribute(jctx)
-        _apply_difference(delta, buckets, before, new.contribute(jctx))
+        if stored is None:
+            before = _NOTHING
+        else:
+            hit = remembered.get(key)
+            before = hit[2] if hit is not None and hit[0] == stored else old.contribute(jctx)
+        after = new.contribute(jctx)
+        delta.contributions[key] = (new, after)
+        _apply_difference(delta, buckets, before, after)
 
     buckets.spread(delta)
     return delta

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis.exceptions
 
-from stream.aggregate import FoldContext, entity_keys, fold
+from stream.aggregate import FoldContext, FoldMemo, entity_keys, fold
 from stream.config import Settings
 from stream.deadletter import DeadLetters
 from stream.decode import Rejection, decode
@@ -92,6 +92,7 @@ class BatchProcessor:
         self._lead_sources = frozenset(settings.lead_sources)
         self._kpi_config = settings.kpi_config()
         self._max_skew_us = int(settings.max_future_skew * 1_000_000)
+        self._memo = FoldMemo()
 
     async def process(self, batch: Mapping[Any, Sequence[Any]], expected: Mapping[str, int]) -> dict[str, int]:
         """Apply `batch` ({TopicPartition: records}); return the new next offset per partition field.
@@ -171,11 +172,12 @@ class BatchProcessor:
             if states is None:
                 states = await self.read_states(prep)
             ctx = FoldContext(now_s, self.windows, self._lead_sources, self.settings.sla, self.keys, self._kpi_config)
-            delta = fold(unique, states, ctx)
+            delta = fold(unique, states, ctx, self._memo)
             outcome = await self._retry(
                 lambda d=delta, f=digests, t=now_s: self.store.apply(d, offsets, f, t), "redis write"
             )
             if outcome.ok:
+                self._memo.remember(delta)
                 break
             states = None
             self.metrics.conflicts.labels(outcome.conflict).inc()

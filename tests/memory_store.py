@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from stream.aggregate import FoldContext, entity_keys, fold
+from stream.aggregate import FoldContext, FoldMemo, entity_keys, fold
 from stream.joins import to_us
 
 
 class MemoryStore:
     """Entity states, window buckets, distinct counts, current counters and sets, in dicts."""
 
-    def __init__(self, ctx: FoldContext) -> None:
+    def __init__(self, ctx: FoldContext, memo: FoldMemo | None = None) -> None:
         self.ctx = ctx
+        self.memo = memo
         self.states: dict[str, str] = {}
         self.buckets: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.distinct: dict[tuple[str, int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -24,10 +25,12 @@ class MemoryStore:
         """Fold one batch and apply its delta, checking entity states as apply.lua does."""
         pairs = [(e, to_us(e.occurred_at)) for e in events]
         states = {k: self.states.get(k) for k in entity_keys(events, self.ctx.keys)}
-        delta = fold(pairs, states, self.ctx)
+        delta = fold(pairs, states, self.ctx, self.memo)
         for key, (old, new) in delta.entity_writes.items():
             assert self.states.get(key) == old
             self.states[key] = new
+        if self.memo is not None:
+            self.memo.remember(delta)
         for bkey, fields in delta.buckets.items():
             for f, v in fields.items():
                 self.buckets[bkey][f] += v

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from schemas import event_adapter
 from stream import churn_risk
-from stream.aggregate import FoldContext
+from stream.aggregate import FoldContext, FoldMemo
 from stream.joins import DealState, OrderHistory, RiskState, TicketState, to_us
 from stream.keys import Keys
 from stream.kpis import METRICS, Current, Field, KpiConfig, Totals, ZStat
@@ -35,8 +35,8 @@ BY_NAME = {m.name: m for m in METRICS}
 class Memory(MemoryStore):
     """The catalog's view of the in-memory store: totals with distinct counts, current state."""
 
-    def __init__(self) -> None:
-        super().__init__(CTX)
+    def __init__(self, memo: FoldMemo | None = None) -> None:
+        super().__init__(CTX, memo)
 
     def window(self, label: str) -> Totals:
         totals = Totals(self.window_counters(label))
@@ -162,7 +162,7 @@ def test_scenario_figures() -> None:
 def test_order_and_batching_do_not_change_catalog_figures(order: list[Any], cuts: list[int]) -> None:
     reference = Memory()
     reference.run(SCENARIO)
-    r = Memory()
+    r = Memory(FoldMemo())  # batched as the worker does, reusing decoded states
     for lo, hi in itertools.pairwise(sorted({0, len(order), *cuts})):
         r.run(order[lo:hi])
     assert r.figures() == reference.figures()

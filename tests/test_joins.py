@@ -10,8 +10,8 @@ from types import SimpleNamespace as E
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.aggregate import FoldContext
-from stream.joins import DealState, TicketState
+from stream.aggregate import FoldContext, FoldMemo
+from stream.joins import DealState, TicketState, to_us
 from stream.keys import Keys
 from stream.kpis import Field
 from stream.windows import make_windows
@@ -92,13 +92,28 @@ def test_scenario_figures() -> None:
 def test_order_and_batching_do_not_change_figures(order: list[E], cuts: list[int]) -> None:
     reference = MemoryStore(CTX)
     reference.run(SCENARIO)
-    r = MemoryStore(CTX)
+    r = MemoryStore(CTX, FoldMemo())  # batched as the worker does, reusing decoded states
     bounds = sorted({0, len(order), *cuts})
     for lo, hi in itertools.pairwise(bounds):
         r.run(order[lo:hi])
     for label in ("1h", "24h"):
         assert r.window_counters(label) == reference.window_counters(label)
     assert {z: m for z, m in r.zsets.items() if m} == {z: m for z, m in reference.zsets.items() if m}
+
+
+def test_a_memo_never_stands_in_for_a_state_changed_elsewhere() -> None:
+    first, rest = SCENARIO[:4], SCENARIO[4:]
+    with_memo, without = MemoryStore(CTX, FoldMemo()), MemoryStore(CTX)
+    for r in (with_memo, without):
+        r.run(first)
+        # Another worker answered ticket "a" in between: Redis holds a state this worker did not write.
+        key = CTX.keys.entity("t", "a")
+        r.states[key] = TicketState.decode(r.states[key]).merge(answered("a", 40), to_us(ago(40))).encode()
+        r.run([*rest, answered("a", 45)])
+    assert with_memo.states == without.states
+    for label in ("1h", "24h"):
+        assert with_memo.window_counters(label) == without.window_counters(label)
+    assert with_memo.zsets == without.zsets
 
 
 def test_state_encoding_round_trips() -> None:
