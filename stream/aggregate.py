@@ -281,15 +281,17 @@ def _apply_difference(delta: BatchDelta, buckets: _Buckets, old: Contribution, n
         add(t_us, name, value)
     for t_us, name, value in old.window:
         add(t_us, name, -value)
-    for t_us, name, member, value in new.members:
-        buckets.add_member(t_us, name, member, value)
-    for t_us, name, member, value in old.members:
-        buckets.add_member(t_us, name, member, -value)
-    counters = delta.counters
-    for name, value in new.counters.items():
-        counters[name] = counters.get(name, 0) + value
-    for name, value in old.counters.items():
-        counters[name] = counters.get(name, 0) - value
+    if new.members or old.members:
+        for t_us, name, member, value in new.members:
+            buckets.add_member(t_us, name, member, value)
+        for t_us, name, member, value in old.members:
+            buckets.add_member(t_us, name, member, -value)
+    if new.counters or old.counters:
+        counters = delta.counters
+        for name, value in new.counters.items():
+            counters[name] = counters.get(name, 0) + value
+        for name, value in old.counters.items():
+            counters[name] = counters.get(name, 0) - value
     if old.zmembers == new.zmembers:
         return
     for zset, member, _score in old.zmembers - new.zmembers:

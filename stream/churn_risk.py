@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any, Final
 
 __all__ = [
@@ -88,7 +87,6 @@ def reasons(items: Iterable[Item], now_us: int) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (-r["points"], r["reason"]))
 
 
-@lru_cache(maxsize=8192)
 def expiry_us(items: tuple[Item, ...], threshold: int) -> int | None:
     """The first moment the points fall under `threshold` as items age out; None if never reached.
 

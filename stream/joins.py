@@ -13,7 +13,9 @@ one as the first.
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -468,6 +470,10 @@ class OrderHistory:
         return out
 
 
+_ITEM_KEY = operator.itemgetter(2)
+_AFTER_ANY_CODE = "\U0010ffff"  # sorts after every item code, so (t, this) follows every item at t
+
+
 @dataclass
 class RiskState:
     """One customer's churn-risk items of the last 30 days (before their newest) and churn.
@@ -475,7 +481,9 @@ class RiskState:
     Items are keyed (a ticket by its id, a survey answer by its event id); a
     repeated key keeps its earliest time. Items 30 days or more older than the
     newest can never count again and are dropped: the state stays small and
-    depends only on the set of events seen.
+    depends only on the set of events seen. One bounded-memory exception: a key
+    whose item was dropped, seen again with a later time (a ticket "opened"
+    twice more than 30 days apart), counts anew at that time.
     """
 
     churned_us: int | None = None
@@ -503,17 +511,17 @@ class RiskState:
             return self
         code, key = churn_risk.item_of(event)
         items = list(self.items)
-        for j, (t, c, k) in enumerate(items):
-            if k == key:
-                if (t, c) <= (t_us, code):
-                    return self
-                del items[j]
-                break
-        items.append((t_us, code, key))
-        items.sort()
+        keys = list(map(_ITEM_KEY, items))  # C-level scans: a customer may hold dozens of items
+        if key in keys:
+            j = keys.index(key)
+            t, c, _ = items[j]
+            if (t, c) <= (t_us, code):
+                return self
+            del items[j]
+        bisect.insort(items, (t_us, code, key))
         cut = items[-1][0] - churn_risk.WINDOW_US
         if items[0][0] <= cut:
-            items = [i for i in items if i[0] > cut]
+            del items[: bisect.bisect_right(items, (cut, _AFTER_ANY_CODE))]  # items at or before the cut
         return RiskState(self.churned_us, tuple(items))
 
     def contribute(self, ctx: JoinContext) -> Contribution:

@@ -227,6 +227,42 @@ def test_risk_points_and_expiry() -> None:
     assert RiskState.decode(b.encode()) == b
 
 
+def _reference_risk_items(seen: list[tuple[int, str, str]]) -> tuple[churn_risk.Item, ...]:
+    """RiskState's rule spelled out: earliest (time, code) per key, then the 30 days before the newest."""
+    best: dict[str, tuple[int, str]] = {}
+    for t, code, key in seen:
+        if key not in best or (t, code) < best[key]:
+            best[key] = (t, code)
+    items = sorted((t, c, k) for k, (t, c) in best.items())
+    return tuple(i for i in items if i[0] > items[-1][0] - churn_risk.WINDOW_US) if items else ()
+
+
+risk_event = st.tuples(
+    st.integers(min_value=0, max_value=12),  # ticket id; repeats are copies with another category
+    st.sampled_from(["question", "complaint", "cancellation"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(risk_event, max_size=40),
+    # Each ticket has one opening day; days around the 30-day edge are the interesting ones.
+    st.lists(st.sampled_from([0, 1, 29, 30, 31, 59, 60, 61, 90]), min_size=13, max_size=13),
+)
+def test_risk_state_keeps_the_earliest_item_per_key_within_30_days(
+    tickets: list[tuple[int, str]], opened_day: list[int]
+) -> None:
+    # (See RiskState on a key seen again at another time after its item was dropped.)
+    state, seen = RiskState(), []
+    for tid, category in tickets:
+        e = ev("ticket.opened", opened_day[tid] * 1440, ticket_id=f"t{tid}", customer_id="c", category=category)
+        t = to_us(e.occurred_at)
+        state = state.merge(e, t)
+        seen.append((t, churn_risk.item_of(e)[0], f"t:t{tid}"))
+    # Items older than the newest minus 30 days were dropped on the way; the rule only depends on the set.
+    assert state.items == _reference_risk_items(seen)
+
+
 def test_states_round_trip_with_separators() -> None:
     d = DealState(1, None, None, None, 2, "a|b%7C", 5, "EUR")
     assert DealState.decode(d.encode()) == d
