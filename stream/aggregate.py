@@ -195,7 +195,8 @@ def fold(
     buckets = _Buckets(ctx)
     lead_sources = ctx.lead_sources
     lost_reasons = ctx.config.lost_reasons
-    touched: dict[str, tuple[Any, Any, str]] = {}  # key -> (state read, state now, entity id)
+    # key -> (state read, state now, entity id, what the state read contributes if the memo knows it)
+    touched: dict[str, tuple[Any, Any, str, Contribution | None]] = {}
     kinds = _kinds_with_prefix(ctx.keys)
     processed = delta.processed
     newest = -1
@@ -216,33 +217,33 @@ def fold(
             if entity_id is not None:
                 key = prefix + entity_id
                 seen = touched.get(key)
-                if seen is None:
-                    raw = states.get(key)
-                    hit = remembered.get(key)
-                    old = hit[1] if hit is not None and hit[0] == raw else kind.decode(raw)
-                    touched[key] = (old, old.merge(ev, t_us), entity_id)
+                if seen is not None:
+                    touched[key] = (seen[0], seen[1].merge(ev, t_us), entity_id, seen[3])
+                    continue
+                raw = states.get(key)
+                hit = remembered.get(key)
+                if hit is not None and hit[0] == raw:
+                    touched[key] = (hit[1], hit[1].merge(ev, t_us), entity_id, hit[2])
                 else:
-                    touched[key] = (seen[0], seen[1].merge(ev, t_us), entity_id)
+                    old = kind.decode(raw)
+                    # An entity new to Redis contributed nothing so far.
+                    known = _NOTHING if raw is None else None
+                    touched[key] = (old, old.merge(ev, t_us), entity_id, known)
     delta.late = late
     delta.newest_us = newest if newest >= 0 else None
 
-    for key, (old, new, entity_id) in touched.items():
+    for key, (old, new, entity_id, known) in touched.items():
         # The raw value read is the old state's encoding (encode is canonical), so
         # an unchanged entity costs one encode and no write.
         stored = states.get(key)
         new_raw = new.encode()
-        if new_raw == (stored or _EMPTY[type(new)]):
+        if new_raw == (stored if stored is not None else _empty_encoding(type(new))):
             continue
         delta.entity_writes[key] = (stored, new_raw)
         if new.persistent():
             delta.persistent.add(key)
         jctx = JoinContext(entity_id, ctx.sla, ctx.config)
-        # An entity new to Redis contributed nothing so far.
-        if stored is None:
-            before = _NOTHING
-        else:
-            hit = remembered.get(key)
-            before = hit[2] if hit is not None and hit[0] == stored else old.contribute(jctx)
+        before = known if known is not None else old.contribute(jctx)
         after = new.contribute(jctx)
         delta.contributions[key] = (new, after)
         _apply_difference(delta, buckets, before, after)
@@ -260,19 +261,18 @@ def _kinds_with_prefix(keys: Keys) -> dict[str, tuple[tuple[EntityKind, str], ..
     }
 
 
-class _EmptyEncodings(dict[type, str]):
-    """State class -> encoding of its empty state (what an absent key reads as)."""
-
-    def __missing__(self, cls: type) -> str:
-        value: str = cls().encode()
-        self[cls] = value
-        return value
+_EMPTY_ENCODINGS: dict[type, str] = {}
 
 
-_EMPTY = _EmptyEncodings()
+def _empty_encoding(cls: type) -> str:
+    """Encoding of a state class's empty state (what an absent key reads as)."""
+    value = _EMPTY_ENCODINGS.get(cls)
+    if value is None:
+        value = _EMPTY_ENCODINGS[cls] = cls().encode()
+    return value
 
 
-_NOTHING = Contribution()
+_NOTHING = Contribution()  # shared, never modified
 
 
 def _apply_difference(delta: BatchDelta, buckets: _Buckets, old: Contribution, new: Contribution) -> None:

@@ -71,19 +71,18 @@ class _State:
     _ints: ClassVar[frozenset[str]] = frozenset()
 
     def encode(self) -> str:
-        # _quote inlined for the common cases: this runs for every entity a batch touches.
-        return "|".join(
-            [
-                ""
-                if v is None
-                else str(v)
-                if type(v) is int
-                else v
-                if "%" not in v and "|" not in v
-                else _quote(v)
-                for v in self.__dict__.values()
-            ]
-        )
+        # Runs for every entity a batch touches: _quote only for text that needs escaping.
+        parts: list[str] = []
+        for v in self.__dict__.values():
+            if v is None:
+                parts.append("")
+            elif type(v) is int:
+                parts.append(str(v))
+            elif "%" in v or "|" in v:
+                parts.append(_quote(v))
+            else:
+                parts.append(v)
+        return "|".join(parts)
 
     @classmethod
     def decode(cls: type[S], raw: str | None) -> S:

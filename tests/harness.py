@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,10 +14,22 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def required_tool(name: str, debian_package: str) -> str:
+    """Path of an external tool the test needs: skipped without it locally, a failure without it in CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not on PATH (Debian package: {debian_package})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run the real check")
+        pytest.skip(message)
+    return path
 
 
 def stack_env(kafka: str, redis_url: str, prefix: str, **settings: str) -> dict[str, str]:

@@ -8,14 +8,14 @@ fail under CI (env var CI set), where .ci/run installs them.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.harness import required_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -50,17 +50,6 @@ def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
         elif vol.get("type") == "bind":
             out.append((vol["source"], vol["target"]))
     return out
-
-
-def _tool(name: str) -> str:
-    """Path of a validation tool; skip without it, fail without it in CI."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not on PATH (Debian: prometheus / prometheus-alertmanager)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the real check")
-        pytest.skip(message)
-    return path
 
 
 def _run(*argv: str) -> None:
@@ -140,7 +129,7 @@ def test_prometheus_scrapes_every_worker_replica(compose: dict[str, Any]) -> Non
 
 
 def test_promtool_check_config(compose: dict[str, Any], tmp_path: Path) -> None:
-    promtool = _tool("promtool")
+    promtool = required_tool("promtool", "prometheus")
     config = _load(PROMETHEUS)
     mounts = _bind_mounts(compose["services"]["prometheus"])
     # rule_files name container paths; point the copy at the repo's files.
@@ -153,7 +142,7 @@ def test_promtool_check_config(compose: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_promtool_check_rules() -> None:
-    promtool = _tool("promtool")
+    promtool = required_tool("promtool", "prometheus")
     files = sorted(RULES.glob("*.yml"))
     assert files, "deploy/prometheus/rules/ has no rule files"
     _run(promtool, "check", "rules", *map(str, files))
@@ -163,7 +152,7 @@ def test_promtool_check_rules() -> None:
 
 
 def test_amtool_check_config() -> None:
-    amtool = _tool("amtool")
+    amtool = required_tool("amtool", "prometheus-alertmanager")
     _run(amtool, "check-config", str(ALERTMANAGER))
 
 

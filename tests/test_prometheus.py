@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import urllib.error
 import urllib.parse
@@ -25,13 +23,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from deploy import monitoring
 from stream.embedded import free_port
 from stream.topics import create_topics
-from tests.harness import WorkerProcess, applied, produce, settings_of, stack_env, wait_for
+from tests.harness import WorkerProcess, applied, produce, required_tool, settings_of, stack_env, wait_for
 
 # Grafana's variables as a user would pick them: the 1h window, a 1m rate interval.
 VARIABLES = {"$window": "1h", "${window}": "1h", "$__rate_interval": "1m"}
@@ -87,16 +84,6 @@ def make_stream(now: datetime) -> dict[str, list[dict[str, Any]]]:
 
 
 BAD = [("leads", b"not json{"), ("surveys", b"[1]")]
-
-
-def _binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not on PATH (Debian package: prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the real-Prometheus test")
-        pytest.skip(message)
-    return path
 
 
 class Prometheus:
@@ -165,7 +152,7 @@ def substitute(expr: str) -> str:
 async def test_dashboards_and_alerts_on_a_real_prometheus(
     kafka_bootstrap: str, redis_url: str, prefix: str, redis: Any, tmp_path: Path
 ) -> None:
-    binary = _binary("prometheus")
+    binary = required_tool("prometheus", "prometheus")
     env = stack_env(kafka_bootstrap, redis_url, prefix, topic_partitions="2")
     settings = settings_of(env)
     await create_topics(settings)

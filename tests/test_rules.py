@@ -10,9 +10,7 @@ package: without it the promtool tests skip locally and fail under CI (env CI se
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,22 +20,13 @@ import yaml
 
 from deploy import monitoring
 from stream.kpis import METRICS
+from tests.harness import required_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules"
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
-
-
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool not on PATH (Debian package: prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the real check")
-        pytest.skip(message)
-    return path
 
 
 def _run(*argv: str, cwd: Path | None = None) -> str:
@@ -99,13 +88,13 @@ def test_every_metric_name_comes_from_a_registry() -> None:
 
 @pytest.mark.parametrize("path", _rule_files(), ids=lambda p: p.name)
 def test_promtool_check_rules(path: Path) -> None:
-    _run(_promtool(), "check", "rules", str(path))
+    _run(required_tool("promtool", "prometheus"), "check", "rules", str(path))
 
 
 def test_promtool_unit_tests() -> None:
     files = _test_files()
     assert files, "tests/promtool/ has no *_test.yml"
-    _run(_promtool(), "test", "rules", *(p.name for p in files), cwd=PROMTOOL_TESTS)
+    _run(required_tool("promtool", "prometheus"), "test", "rules", *(p.name for p in files), cwd=PROMTOOL_TESTS)
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:

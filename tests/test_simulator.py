@@ -11,38 +11,13 @@ from typing import Any
 
 import pytest
 
+import schemas
 from stream.simulator import SLA_SECONDS, SimConfig, generate
 
 START = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)  # a Monday morning
 
-CORE_TYPES = {
-    "lead.created",
-    "lead.converted",
-    "deal.created",
-    "deal.won",
-    "deal.lost",
-    "ticket.opened",
-    "ticket.answered",
-    "survey.submitted",
-}
-ALL_TYPES = CORE_TYPES | {
-    "lead.qualified",
-    "lead.lost",
-    "deal.stage_changed",
-    "quote.sent",
-    "ticket.resolved",
-    "ticket.reopened",
-    "customer.acquired",
-    "customer.churned",
-    "subscription.renewal_due",
-    "subscription.renewed",
-    "order.placed",
-    "order.delivered",
-    "invoice.issued",
-    "invoice.paid",
-    "marketing.spend",
-    "activity.logged",
-}
+CORE_TYPES = set(schemas.CORE_TYPES)
+ALL_TYPES = set(schemas.EVENT_TYPES)
 
 
 # The event that creates each entity, and the entity's id field.
