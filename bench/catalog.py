@@ -26,14 +26,14 @@ import redis.asyncio as aioredis
 
 from bench.run import _applied_total, _env, _poll_until, _settings, _spawn, _stop, publish
 from schemas import event_adapter
-from stream.aggregate import FoldContext, entity_keys, fold
-from stream.embedded import start_kafka, start_redis
-from stream.exporter import kpi_samples, snapshot
-from stream.joins import to_us
-from stream.keys import Keys
-from stream.simulator import SimConfig, generate
-from stream.store import AsyncStore, read_at_risk
-from stream.windows import make_windows
+from stream.devtools.servers import start_kafka, start_redis
+from stream.devtools.synthetic_crm import SimConfig, generate
+from stream.events.fold import FoldContext, entity_keys, fold
+from stream.events.windows import make_windows, to_us
+from stream.exporter.collector import kpi_samples, snapshot
+from stream.kpis import fold_rules
+from stream.settings import Settings
+from stream.store import AsyncStore, Keys, read_at_risk
 
 
 def throughput(kafka: str, redis_url: str, n: int, logs: Path, catalog: bool = True) -> dict[str, Any]:
@@ -63,6 +63,7 @@ async def _fill(redis_url: str, prefix: str, customers: int, users: int) -> None
     store = AsyncStore(client, keys, 86400, 90 * 86400)
     now = datetime.now(UTC)
     windows = make_windows([3600, 86400, 604800, 2592000])
+    rules = fold_rules(Settings.model_construct().kpi_config())  # the defaults
     events = []
     for c in range(customers):
         cid = f"cust{c}"
@@ -83,9 +84,8 @@ async def _fill(redis_url: str, prefix: str, customers: int, users: int) -> None
         for lo in range(0, len(events), 4000):
             batch = events[lo : lo + 4000]
             now_s = time.time()
-            states = await store.read_states(entity_keys(batch, keys))
-            ctx = FoldContext(now_s, windows, frozenset(), {"urgent": 900, "high": 3600, "normal": 14400,
-                                                             "low": 86400}, keys)  # fmt: skip
+            ctx = FoldContext(now_s, windows, rules, keys.entity_prefix)
+            states = await store.read_states(entity_keys(batch, ctx))
             delta = fold([(e, to_us(e.occurred_at)) for e in batch], states, ctx)
             outcome = await store.apply(delta, [], [], now_s)
             assert outcome.ok, outcome

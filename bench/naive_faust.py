@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from schemas import TOPIC_FAMILY, validate_event_json
-from stream.joins import to_us
+from stream.events.windows import to_us
 
 BOOTSTRAP = os.environ["BENCH_KAFKA"]
 PREFIX = os.environ["BENCH_TOPIC_PREFIX"]

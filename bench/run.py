@@ -22,12 +22,12 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import TOPIC_FAMILY
-from stream.config import Settings, load_settings
-from stream.decode import Rejection, decode
-from stream.embedded import EmbeddedServer, free_port, start_kafka, start_redis
-from stream.exporter import kpi_samples, snapshot
-from stream.topics import create_topics
-from tests.oracle import assert_matches, expected, make_stream
+from stream.devtools.servers import EmbeddedServer, free_port, start_kafka, start_redis
+from stream.events.decode import Rejection, decode
+from stream.exporter.collector import kpi_samples, snapshot
+from stream.kafka.topics import create_topics
+from stream.settings import Settings, load_settings
+from tests.support.oracle import assert_matches, expected, make_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4

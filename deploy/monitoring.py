@@ -25,9 +25,9 @@ from typing import Any, cast
 
 import yaml
 
-from stream.config import Settings, format_duration
+from stream.events.windows import make_windows
 from stream.kpis import METRICS, QUANTILES
-from stream.windows import make_windows
+from stream.settings import Settings, format_duration
 
 __all__ = [
     "ALERTS",
@@ -86,7 +86,7 @@ EXPORTER_SELF = frozenset({"crm_exporter_redis_up", "crm_exporter_scrape_seconds
 @cache
 def _operational() -> dict[str, str]:
     """Sample names the worker exposes -> their help, read from its own metrics registry."""
-    from stream.opmetrics import WorkerMetrics
+    from stream.worker.metrics import WorkerMetrics
 
     metrics = WorkerMetrics()
     metrics.watch_lag(dict)
@@ -106,14 +106,14 @@ def _operational() -> dict[str, str]:
 def metric_section(name: str) -> str:
     """'5.1', '5.2' (SPEC sections), 'ops' (worker) or 'exporter'; AssertionError if unknown."""
     if name in _KPIS:
-        return _KPIS[name].section
+        return "5.1" if _KPIS[name].core else "5.2"
     if name in CATALOG:
         return "5.2"
     if name in _operational():
         return "ops"
     if name in EXPORTER_SELF:
         return "exporter"
-    raise AssertionError(f"{name} is not a metric of stream.kpis.METRICS or stream.opmetrics")
+    raise AssertionError(f"{name} is not a metric of stream.kpis.METRICS or stream.worker.metrics")
 
 
 def kpi(name: str) -> str:
@@ -129,7 +129,7 @@ def catalog(name: str) -> str:
 
 
 def op(name: str) -> str:
-    """A worker operational sample name, asserted to be in `stream.opmetrics`."""
+    """A worker operational sample name, asserted to be in `stream.worker.metrics`."""
     assert name in _operational(), f"{name} not served by stream.opmetrics.WorkerMetrics"
     return name
 
@@ -1080,7 +1080,7 @@ def alerts_md() -> str:
         "The Prometheus alert rules in `deploy/prometheus/rules/` are generated from",
         "`deploy/monitoring.py`, which holds every threshold in one table (`THRESHOLDS`) and",
         "takes metric names from the project's registries (`stream.kpis.METRICS`,",
-        "`stream.opmetrics`). Change a threshold there, run `python -m deploy.monitoring`, and",
+        "`stream.worker.metrics`). Change a threshold there, run `python -m deploy.monitoring`, and",
         "commit the regenerated rules, dashboards and this page; `tests/test_rules.py` fails",
         "when they drift. What to do when an alert fires: [runbooks](runbooks.md).",
         "",

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from stream.embedded import start_kafka, start_redis
+from stream.devtools.servers import start_kafka, start_redis
 
 _counter = itertools.count()
 

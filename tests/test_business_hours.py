@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.business_hours import Schedule, business_seconds, parse_hours
-from stream.config import SettingsError, load_settings
-from stream.joins import to_us
+from stream.events.windows import to_us
+from stream.kpis.business_hours import Schedule, business_seconds, parse_hours
+from stream.settings import SettingsError, load_settings
 
 DEFAULT = Schedule()
 BERLIN = Schedule("Europe/Berlin", parse_hours("mon-fri 09:00-17:00"))

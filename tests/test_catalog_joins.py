@@ -11,24 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import event_adapter
-from stream import churn_risk
-from stream.aggregate import FoldContext, FoldMemo
-from stream.joins import DealState, OrderHistory, RiskState, TicketState, to_us
-from stream.keys import Keys
-from stream.kpis import METRICS, Current, Field, KpiConfig, Totals, ZStat
-from stream.windows import make_windows
-from tests.memory_store import MemoryStore
+from stream.events.fold import FoldMemo
+from stream.events.windows import to_us
+from stream.kpis import DISTINCT_COUNTS, METRICS, Current, Totals, ZStat, churn_risk, sorted_set_queries
+from stream.kpis.commerce import OrderHistory
+from stream.kpis.customers import RiskState
+from stream.kpis.sales import DealState
+from stream.kpis.support import TicketState
+from tests.support.config import fold_context, kpi_config
+from tests.support.memory_store import MemoryStore
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-SLA = {"urgent": 900.0, "high": 3600.0, "normal": 14400.0, "low": 86400.0}
-CTX = FoldContext(
-    NOW.timestamp(),
-    make_windows([3600, 86400]),
-    frozenset({"web"}),
-    SLA,
-    Keys("p"),
-    KpiConfig(),
-)
+CONFIG = kpi_config()
+CTX = fold_context(NOW.timestamp(), [3600, 86400], key_prefix="p")
 BY_NAME = {m.name: m for m in METRICS}
 
 
@@ -40,14 +35,14 @@ class Memory(MemoryStore):
 
     def window(self, label: str) -> Totals:
         totals = Totals(self.window_counters(label))
-        for name in (Field.USERS, Field.BUYERS):
+        for distinct in DISTINCT_COUNTS:
             counts: dict[str, int] = defaultdict(int)
             for (lab, _, n), members in self.distinct.items():
-                if lab == label and n == name:
+                if lab == label and n == distinct.name:
                     for m, v in members.items():
                         counts[m] += v
-            totals[Field.distinct(name)] = sum(c >= 1 for c in counts.values())
-            totals[Field.repeat(name)] = sum(c >= 2 for c in counts.values())
+            totals[distinct.distinct_field] = sum(c >= 1 for c in counts.values())
+            totals[distinct.repeated_field] = sum(c >= 2 for c in counts.values())
         totals.current = {k: v for k, v in self.counters.items() if v}
         return totals
 
@@ -58,16 +53,16 @@ class Memory(MemoryStore):
         for name, members in self.zsets.items():
             scores = sorted(members.values())
             zstats[name] = ZStat(len(scores), sum(s <= now for s in scores), scores[0] if scores else None)
-        for z in (Field.OVERDUE, Field.AT_RISK, *(Field.awaiting(p) for p in SLA)):
+        for z in sorted_set_queries(now, CONFIG):
             zstats.setdefault(z, ZStat(0, 0, None))
-        return Current({k: v for k, v in self.counters.items() if v}, zstats, now, SLA, windows)
+        return Current({k: v for k, v in self.counters.items() if v}, zstats, now, CONFIG, windows)
 
     def figures(self) -> dict[tuple[str, str, tuple[str, ...]], float]:
-        """Every §5.2 series this state exports."""
+        """Every full-catalog (not core) series this state exports."""
         out = {}
         cur = self.current()
         for m in METRICS:
-            if m.section != "5.2":
+            if m.core:
                 continue
             if m.windowed:
                 for label in ("1h", "24h"):

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from schemas import json_schemas
-from stream.config import load_settings
-from stream.reference import render_readme
-from tests.harness import ROOT
+from stream.devtools.readme_tables import render_readme
+from stream.settings import load_settings
+from tests.support.harness import ROOT
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("CRM_KPI_")}
 
@@ -63,7 +63,7 @@ def test_committed_json_schemas_match_the_models(tmp_path: Path) -> None:
 
 def test_readme_reference_tables_match_the_code() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert render_readme(readme) == readme, "run: python -m stream.reference README.md"
+    assert render_readme(readme) == readme, "run: python -m stream.devtools.readme_tables README.md"
 
 
 def _line(**fields: Any) -> str:

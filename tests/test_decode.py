@@ -1,4 +1,4 @@
-"""Record bytes to event or dead-letter reason (stream.decode), edge cases of the type-directed path."""
+"""Record bytes to event or dead-letter reason (stream.events.decode), edge cases of the type-directed path."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 from schemas import event_adapter
-from stream.decode import Rejection, decode
+from stream.events.decode import Rejection, decode
 
 NOW_US = 1_800_000_000 * 1_000_000
 BASE = {"event_id": "e1", "occurred_at": "2026-11-23T10:00:00+01:00", "customer_id": "c1", "deal_id": "d1"}

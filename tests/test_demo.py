@@ -22,11 +22,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import TOPIC_FAMILY, validate_event_json
-from stream.config import load_settings
-from stream.simulate import parse_start
-from stream.simulator import INCIDENTS, SimConfig, generate
-from stream.topics import create_topics
-from tests.harness import ROOT, scrape
+from stream.devtools.simulate import parse_start
+from stream.devtools.synthetic_crm import INCIDENTS, SimConfig, generate
+from stream.kafka.topics import create_topics
+from stream.settings import load_settings
+from tests.support.harness import ROOT, scrape
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("CRM_KPI_")}
 FAMILIES = sorted(set(TOPIC_FAMILY.values()))
@@ -182,7 +182,7 @@ async def test_live_events_are_never_published_before_their_time(kafka_bootstrap
 
 
 def test_cli_incident_choices_match_the_simulator() -> None:
-    from stream import cli
+    from stream.cli import commands as cli
 
     assert set(cli._INCIDENTS) == set(INCIDENTS)
 

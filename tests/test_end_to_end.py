@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from stream.kafka.topics import create_topics
 from stream.kpis import METRICS
-from stream.topics import create_topics
-from tests.harness import WorkerProcess, applied, produce, read_topic, scrape, settings_of, stack_env, wait_for
+from tests.support.harness import WorkerProcess, applied, produce, read_topic, scrape, settings_of, stack_env, wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 WINDOW_MIN = {"1h": 60, "24h": 1440, "7d": 7 * 1440, "30d": 30 * 1440}
@@ -256,7 +256,7 @@ async def test_every_core_series_is_exact(stack: Any, redis: Any, kafka_bootstra
 
     await wait_for(exporter_up, 30, "the exporter to serve /metrics")
     scraped_at = time.time()
-    core = {m.name for m in METRICS if m.section == "5.1"}  # §5.2 series: tests/test_catalog_end_to_end.py
+    core = {m.name for m in METRICS if m.core}  # the others: tests/test_catalog_end_to_end.py
     got = {k: v for k, v in scrape(exporter_url).items() if k[0] in core}
     want = expected_series()
     assert set(got) == set(want), (sorted(set(got) - set(want)), sorted(set(want) - set(got)))

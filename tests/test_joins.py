@@ -10,21 +10,22 @@ from types import SimpleNamespace as E
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.aggregate import FoldContext, FoldMemo
-from stream.joins import DealState, TicketState, to_us
-from stream.keys import Keys
-from stream.kpis import Field
-from stream.windows import make_windows
-from tests.memory_store import MemoryStore
+from stream.events.fold import FoldMemo
+from stream.events.windows import to_us
+from stream.kpis.sales import CYCLE_COUNT, CYCLE_TOTAL_US, DealState
+from stream.kpis.support import (
+    AWAITING_RESPONSE,
+    FIRST_RESPONSE_TOTAL_US,
+    FIRST_RESPONSES,
+    SLA_BREACHES_BY_PRIORITY,
+    TicketState,
+)
+from stream.store import Keys
+from tests.support.config import fold_context
+from tests.support.memory_store import MemoryStore
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-CTX = FoldContext(
-    NOW.timestamp(),
-    make_windows([3600, 86400]),
-    frozenset({"web"}),
-    {"urgent": 900.0, "high": 3600.0, "normal": 14400.0, "low": 86400.0},
-    Keys("p"),
-)
+CTX = fold_context(NOW.timestamp(), [3600, 86400], key_prefix="p")
 
 
 def ago(minutes: float) -> datetime:
@@ -77,14 +78,14 @@ def test_scenario_figures() -> None:
     r.run(SCENARIO)
     h = r.window_counters("1h")
     # first responses: a 20 min (urgent, breach), c 5 min (low) -> n=2, sum 25 min
-    assert h[Field.FR_N] == 2 and h[Field.FR_US] == 25 * 60 * 10**6
-    assert h[Field.fr_breach("urgent")] == 1 and Field.fr_breach("low") not in h
+    assert FIRST_RESPONSES.of(h) == 2 and FIRST_RESPONSE_TOTAL_US.of(h) == 25 * 60 * 10**6
+    assert SLA_BREACHES_BY_PRIORITY.by_label(h) == {"urgent": 1}
     # awaiting: b (high, only bot/private answers) and e (normal)
-    assert r.zsets[Field.awaiting("high")] == {"b": ago(30).timestamp()}
-    assert r.zsets[Field.awaiting("normal")] == {"e": ago(59).timestamp()}
-    assert r.zsets[Field.awaiting("urgent")] == {}
+    assert r.zsets[AWAITING_RESPONSE.of("high").name] == {"b": ago(30).timestamp()}
+    assert r.zsets[AWAITING_RESPONSE.of("normal").name] == {"e": ago(59).timestamp()}
+    assert r.zsets[AWAITING_RESPONSE.of("urgent").name] == {}
     # sales cycle: x 570 min (stored creation), y 60 min (carried creation); z unknown
-    assert h[Field.CYCLE_N] == 2 and h[Field.CYCLE_US] == (570 + 60) * 60 * 10**6
+    assert CYCLE_COUNT.of(h) == 2 and CYCLE_TOTAL_US.of(h) == (570 + 60) * 60 * 10**6
 
 
 @settings(max_examples=60, deadline=None)
@@ -107,7 +108,7 @@ def test_a_memo_never_stands_in_for_a_state_changed_elsewhere() -> None:
     for r in (with_memo, without):
         r.run(first)
         # Another worker answered ticket "a" in between: Redis holds a state this worker did not write.
-        key = CTX.keys.entity("t", "a")
+        key = Keys("p").entity("t", "a")
         r.states[key] = TicketState.decode(r.states[key]).merge(answered("a", 40), to_us(ago(40))).encode()
         r.run([*rest, answered("a", 45)])
     assert with_memo.states == without.states

@@ -8,10 +8,20 @@ from types import SimpleNamespace as E
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.kpis import METRICS, Field, Totals, amount_micros, cap_label, event_fields
+from stream.kpis import METRICS, Totals, fold_rules
+from stream.kpis.event_counts import events_of
+from stream.kpis.registry import amount_micros, cap_label
+from stream.kpis.satisfaction import CES_TOTAL, CSAT_SATISFIED, RESPONSES_BY_KIND
+from tests.support.config import kpi_config
 
 BY_NAME = {m.name: m for m in METRICS}
 SOURCES = frozenset({"web", "ads"})
+COUNTERS = fold_rules(kpi_config(lead_sources="web,ads")).counters
+
+
+def event_fields(event: E) -> list[tuple[str, int]]:
+    """The counters one event adds at its time, as the fold sees them."""
+    return list(COUNTERS[event.type](event))
 
 
 def read(name: str, totals: dict[str, int]) -> dict[tuple[str, ...], float]:
@@ -38,7 +48,7 @@ def test_zero_denominators_export_nothing() -> None:
 def test_nps_formula(scores: list[int]) -> None:
     fields: dict[str, int] = {}
     for s in scores:
-        for f, v in event_fields(E(type="survey.submitted", kind="nps", score=s), SOURCES):
+        for f, v in event_fields(E(type="survey.submitted", kind="nps", score=s)):
             fields[f] = fields.get(f, 0) + v
     promoters = sum(s >= 9 for s in scores)
     detractors = sum(s <= 6 for s in scores)
@@ -48,14 +58,14 @@ def test_nps_formula(scores: list[int]) -> None:
 
 def test_csat_ces_and_ratios() -> None:
     t = {
-        Field.surveys("csat"): 4,
-        Field.CSAT_SATISFIED: 3,
-        Field.surveys("ces"): 2,
-        Field.CES_SUM: 9,
-        Field.events("lead.created"): 8,
-        Field.events("lead.converted"): 2,
-        Field.events("deal.won"): 3,
-        Field.events("deal.lost"): 1,
+        RESPONSES_BY_KIND.field("csat"): 4,
+        CSAT_SATISFIED.code: 3,
+        RESPONSES_BY_KIND.field("ces"): 2,
+        CES_TOTAL.code: 9,
+        events_of("lead.created").code: 8,
+        events_of("lead.converted").code: 2,
+        events_of("deal.won").code: 3,
+        events_of("deal.lost").code: 1,
     }
     assert read("crm_csat_ratio", t) == {(): 0.75}
     assert read("crm_ces_average", t) == {(): 4.5}
@@ -68,7 +78,7 @@ def test_amounts_are_exact_per_currency() -> None:
     fields: dict[str, int] = {}
     for amount, cur in [("0.1", "EUR"), ("0.2", "EUR"), ("1000000.35", "USD")]:
         ev = E(type="deal.won", amount=Decimal(amount), currency=cur)
-        for f, v in event_fields(ev, SOURCES):
+        for f, v in event_fields(ev):
             fields[f] = fields.get(f, 0) + v
     won = read("crm_deal_won_amount", fields)
     assert won == {("EUR",): 0.3, ("USD",): 1000000.35}

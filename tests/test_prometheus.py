@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 
 from deploy import monitoring
-from stream.embedded import free_port
-from stream.topics import create_topics
-from tests.harness import WorkerProcess, applied, produce, required_tool, settings_of, stack_env, wait_for
+from stream.devtools.servers import free_port
+from stream.kafka.topics import create_topics
+from tests.support.harness import WorkerProcess, applied, produce, required_tool, settings_of, stack_env, wait_for
 
 # Grafana's variables as a user would pick them: the 1h window, a 1m rate interval.
 VARIABLES = {"$window": "1h", "${window}": "1h", "$__rate_interval": "1m"}

@@ -20,7 +20,7 @@ import yaml
 
 from deploy import monitoring
 from stream.kpis import METRICS
-from tests.harness import required_tool
+from tests.support.harness import required_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules"

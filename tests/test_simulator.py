@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import schemas
-from stream.simulator import SLA_SECONDS, SimConfig, generate
+from stream.devtools.synthetic_crm import SLA_SECONDS, SimConfig, generate
 
 START = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)  # a Monday morning
 

@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream import sketch
+from stream.kpis import sketch
 
 
 def exact_quantile(values: list[float], q: float) -> float:

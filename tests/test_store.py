@@ -6,9 +6,9 @@ import time
 
 import redis.asyncio as aioredis
 
-from stream.aggregate import BatchDelta
-from stream.keys import Keys
-from stream.store import AsyncStore, dedupe_slots, event_digest
+from stream.events.fold import BatchDelta
+from stream.store import AsyncStore, Keys, event_digest
+from stream.store.writer import dedupe_slots
 
 BIG = 2**60 + 1  # beyond a Lua double's exact integers
 

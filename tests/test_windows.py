@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.config import parse_duration
-from stream.windows import US, Window, make_windows
+from stream.events.windows import US, Window, make_windows
+from stream.settings import parse_duration
 
 WINDOWS = st.sampled_from([60, 3600, 86400, 604800, 2592000, 300, 5400])
 

@@ -1,0 +1,269 @@
+"""The `crm-kpi` command line (SPEC §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stream.settings import Settings, SettingsError, load_settings
+
+__all__ = ["main"]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        click.echo(f"crm-kpi: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Streaming CRM KPIs: Kafka events in, Redis windows, Prometheus gauges out."""
+
+
+@cli.command()
+def worker() -> None:
+    """Run a worker: consume the topics, update Redis, serve /metrics on CRM_KPI_WORKER_PORT."""
+    from stream.worker.app import run_worker
+
+    run_worker(_settings())
+
+
+@cli.command()
+@click.option("--port", type=int, default=None, help="Overrides CRM_KPI_EXPORTER_PORT.")
+def exporter(port: int | None) -> None:
+    """Serve the KPI gauges on /metrics (CRM_KPI_EXPORTER_PORT, default 9464)."""
+    import logging
+
+    from stream.exporter.collector import run_exporter
+
+    settings = _settings(exporter_port=port)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_exporter(settings)
+
+
+@cli.group()
+def topics() -> None:
+    """Manage the Kafka topics."""
+
+
+@topics.command("create")
+@click.option("--partitions", type=int, default=None, help="Overrides CRM_KPI_TOPIC_PARTITIONS.")
+def topics_create(partitions: int | None) -> None:
+    """Create the event topics and the dead-letter topic (existing ones are left alone)."""
+    from stream.kafka.topics import create_topics
+
+    settings = _settings(topic_partitions=partitions)
+    created = asyncio.run(create_topics(settings))
+    click.echo(f"created {len(created)} topic(s){': ' + ', '.join(created) if created else ''}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--skip-invalid", is_flag=True, help="Publish the valid lines even if some are bad.")
+@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
+    """Validate every line of a JSON Lines FILE, then publish the events to their topics."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from stream.kafka.publisher import publish_payloads, read_jsonl
+
+    settings = _settings()
+    console = Console(stderr=True)
+    good, bad = read_jsonl(file)
+    for line in bad[:50]:
+        console.print(f"[red]line {line.number}[/red]: {line.error}")
+    if len(bad) > 50:
+        console.print(f"... and {len(bad) - 50} more bad lines")
+    if bad and not skip_invalid:
+        console.print(f"{len(bad)} invalid line(s); nothing published (use --skip-invalid to publish the rest)")
+        sys.exit(1)
+    import time
+
+    started = time.monotonic()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("publishing", total=len(good))
+        sent = asyncio.run(publish_payloads(settings, good, lambda n: progress.advance(task, n), rate))
+    elapsed = time.monotonic() - started
+    console.print(f"published {sent}, skipped {len(bad)} invalid, {sent / elapsed if elapsed else 0:,.0f} events/s")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def kpis(as_json: bool) -> None:
+    """Print the current KPIs (every window) as a table."""
+    from rich.console import Console
+
+    from stream.cli.tables import kpi_rows, kpi_table
+    from stream.exporter.collector import snapshot, sync_redis
+
+    settings = _settings()
+    snap = snapshot(sync_redis(settings), settings)
+    if as_json:
+        click.echo(json.dumps(kpi_rows(snap), indent=2))
+    else:
+        Console().print(kpi_table(snap))
+
+
+@cli.command("at-risk")
+@click.option("--top", type=int, default=None, help="Only the N customers with the most points.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def at_risk(top: int | None, as_json: bool) -> None:
+    """List the customers at churn risk (SPEC §5.2) with their points and reasons."""
+    import time
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from stream.exporter.collector import sync_redis
+    from stream.store import Keys, read_at_risk
+
+    settings = _settings()
+    rows = read_at_risk(sync_redis(settings), Keys(settings.redis_key_prefix), time.time(), top)
+    for row in rows:
+        row["at_risk_until"] = datetime.fromtimestamp(row["at_risk_until"], UTC).isoformat().replace("+00:00", "Z")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Customers at churn risk ({len(rows)})")
+    table.add_column("customer", style="cyan")
+    table.add_column("points", justify="right")
+    table.add_column("reasons")
+    table.add_column("at risk until (if nothing new)")
+    for row in rows:
+        why = ", ".join(f"{r['reason']} x{r['count']} ({r['points']})" for r in row["reasons"])
+        table.add_row(row["customer_id"], str(row["points"]), why, row["at_risk_until"])
+    Console().print(table)
+
+
+@cli.group()
+def schemas() -> None:
+    """Event JSON Schemas."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def schemas_export(directory: Path) -> None:
+    """Write the JSON Schema of every event type into DIRECTORY."""
+    from schemas import export_json_schemas
+
+    written = export_json_schemas(directory)
+    click.echo(f"wrote {len(written)} schemas to {directory}")
+
+
+# --- simulate -------------------------------------------------------------------
+
+
+_INCIDENTS = ("churn-spike", "slow-responses")  # stream.simulator.INCIDENTS (checked by a test)
+_INCIDENT_HELP = "Make alerts fire on purpose (repeatable): first answers ~6x slower, or churn ~10x."
+
+
+@cli.command()
+@click.option("--rate", type=float, default=50.0, show_default=True,
+              help="Mean events per second of event time (= wall time when live); follows a weekly profile.")
+@click.option("--customers", type=int, default=500, show_default=True, help="Initial customer population.")
+@click.option("--duration", default=None, help="Stop after this much event time (90s, 15m, 2h, 7d).")
+@click.option("--events", type=int, default=None, help="Stop after this many events.")
+@click.option("--seed", type=int, default=None,
+              help="Random seed (same seed and --start: same events); random if not given.")
+@click.option("--start", default=None, help="RFC 3339 event time of the first event (past: backfill). Default: now.")
+@click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
+@click.option("--core-only", is_flag=True, help="Only the core event types (SPEC §3.2).")
+def simulate(
+    rate: float, customers: int, duration: str | None, events: int | None, seed: int | None,
+    start: str | None, incidents: tuple[str, ...], core_only: bool,
+) -> None:
+    """Publish a realistic synthetic CRM event stream (until --duration/--events, or Ctrl-C).
+
+    Each event is published as soon as possible but never before its event time:
+    history (--start in the past) goes out at full speed, then the run continues live.
+    """
+    import random
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from stream.devtools.simulate import parse_start, run_cli
+    from stream.devtools.synthetic_crm import SimConfig
+    from stream.settings import parse_duration
+
+    settings = _settings()
+    try:
+        duration_s = parse_duration(duration) if duration is not None else None
+        first = parse_start(start) if start is not None else datetime.now(UTC)
+        config = SimConfig(
+            seed=seed if seed is not None else random.SystemRandom().randrange(1_000_000),
+            customers=customers, rate=rate, incidents=frozenset(incidents), catalog=not core_only,
+        )
+        if events is not None and events < 0:
+            raise ValueError("--events must be >= 0")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    console = Console(stderr=True, soft_wrap=True)
+    mode = "backfill from" if first.timestamp() < datetime.now(UTC).timestamp() - 1 else "live from"
+    console.print(
+        f"simulate: seed {config.seed}, {customers} customers, rate {rate:g}/s, {mode} "
+        f"{first.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        + (f", incidents {', '.join(sorted(incidents))}" if incidents else "")
+        + f" -> {settings.topic('*')} on {settings.kafka_bootstrap_servers}"
+    )
+    stats = run_cli(settings, config, first, events, duration_s, progress_bar=console.is_terminal)
+    top = ", ".join(f"{t} {n:,}" for t, n in stats.by_type.most_common(5))
+    console.print(
+        f"published {stats.published:,} events ({stats.backfilled:,} backfilled) in {stats.seconds:,.1f}s, "
+        f"{stats.rate:,.0f} events/s" + (f"; most: {top}" if top else "")
+    )
+
+
+# --- demo -----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--duration", default=None, help="Stop after this long (90s, 5m); default: until Ctrl-C.")
+@click.option("--rate", type=float, default=20.0, show_default=True, help="Simulator: mean events per second.")
+@click.option("--customers", type=int, default=500, show_default=True, help="Simulator: initial customers.")
+@click.option("--seed", type=int, default=None, help="Simulator seed; random if not given.")
+@click.option("--history", default="2h", show_default=True, help="Backfill this much simulated past first.")
+@click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
+@click.option("--worker-port", type=int, default=None, help="Worker /metrics port; free one if not given.")
+@click.option("--exporter-port", type=int, default=None, help="Exporter /metrics port; free one if not given.")
+@click.option("--refresh", type=float, default=1.5, show_default=True, help="Seconds between table refreshes.")
+@click.option("--full", is_flag=True, help="Show every KPI series, not just the headline ones.")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="On exit, write pids, ports, URLs and KPI samples taken during the run to this file.")
+def demo(
+    duration: str | None, rate: float, customers: int, seed: int | None, history: str,
+    incidents: tuple[str, ...], worker_port: int | None, exporter_port: int | None, refresh: float,
+    full: bool, json_out: Path | None,
+) -> None:
+    """Everything on this machine: broker, Redis, worker, exporter, simulator and a live KPI table.
+
+    Ctrl-C (or --duration) stops it all; nothing is left running.
+    """
+    from stream.devtools.demo import DemoOptions, run_demo
+    from stream.settings import parse_duration
+
+    try:
+        opts = DemoOptions(
+            rate=rate, customers=customers, seed=seed, incidents=frozenset(incidents),
+            history_s=parse_duration(history), duration_s=parse_duration(duration) if duration else None,
+            worker_port=worker_port, exporter_port=exporter_port, refresh_s=max(0.2, refresh),
+            json_out=json_out, full_table=full,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    sys.exit(run_demo(opts))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

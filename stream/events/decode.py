@@ -1,0 +1,103 @@
+"""Bytes to a typed event, or a dead-letter reason (SPEC §3.4). Pure, no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from pydantic import ValidationError
+
+from schemas import EVENT_TYPES, MODELS, TOPIC_FAMILY, event_adapter, type_of
+from stream.events.windows import to_us
+
+__all__ = ["REASONS", "Decoded", "Rejection", "decode"]
+
+REASONS: Final = (
+    "invalid_json",
+    "not_an_object",
+    "too_large",
+    "invalid_fields",
+    "unknown_type",
+    "wrong_topic",
+    "future_timestamp",
+)
+_KNOWN_TYPES = frozenset(EVENT_TYPES)
+# The union validator finds the model by the "type" field, but pays for it when
+# "type" is not the first key (most producers): ~6 µs instead of ~4 µs an event.
+# A guess from the raw text picks the model's own validator; it accepts only its
+# own type literal, so a wrong guess (a "type" key inside a nested object) fails
+# and falls back to the union, which also gives the canonical error.
+_TYPE_GUESS: Final = re.compile(rb'"type"\s*:\s*"([a-z_.]{1,40})"')
+_MODEL_VALIDATORS: Final = {type_of(m).encode(): m.__pydantic_validator__ for m in MODELS}
+
+Decoded = tuple[Any, int]
+"""A valid event and its occurred_at in µs since the epoch (UTC)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a record goes to the dead-letter topic: a reason code and a short detail."""
+
+    reason: str
+    detail: str
+
+
+def decode(raw: bytes | None, family: str, now_us: int, max_bytes: int, max_skew_us: int) -> Decoded | Rejection:
+    """Validate one record's value from the topic of `family` ('tickets', …).
+
+    Valid JSON is validated in one pass by pydantic; only a failure pays for
+    working out which §3.4 reason applies.
+    """
+    if raw is None:
+        return Rejection("invalid_json", "empty record value (tombstone)")
+    if len(raw) > max_bytes:
+        return Rejection("too_large", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        event = _validate(raw)
+    except ValidationError as exc:
+        return _classify(raw, family, exc)
+    if TOPIC_FAMILY[event.type] != family:
+        return _wrong_topic(event.type, family)
+    t_us = to_us(event.occurred_at)
+    if t_us > now_us + max_skew_us:
+        ahead = (t_us - now_us) / 1e6
+        return Rejection(
+            "future_timestamp", f"occurred_at {ahead:.0f}s in the future (max skew {max_skew_us / 1e6:.0f}s)"
+        )
+    return event, t_us
+
+
+def _validate(raw: bytes) -> Any:
+    guess = _TYPE_GUESS.search(raw)
+    validator = _MODEL_VALIDATORS.get(guess.group(1)) if guess is not None else None
+    if validator is not None:
+        try:
+            return validator.validate_json(raw)
+        except ValidationError:
+            pass
+    return event_adapter.validate_json(raw)
+
+
+def _wrong_topic(event_type: str, family: str) -> Rejection:
+    return Rejection(
+        "wrong_topic", f"type {event_type} belongs on topic family '{TOPIC_FAMILY[event_type]}', not '{family}'"
+    )
+
+
+def _classify(raw: bytes, family: str, exc: ValidationError) -> Rejection:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        return Rejection("invalid_json", f"not JSON: {str(err)[:120]}")
+    if not isinstance(obj, dict):
+        return Rejection("not_an_object", f"JSON {type(obj).__name__}, expected an object")
+    kind = obj.get("type")
+    if isinstance(kind, str) and kind not in _KNOWN_TYPES:
+        return Rejection("unknown_type", f"unknown type {kind[:64]!r}")
+    if isinstance(kind, str) and TOPIC_FAMILY[kind] != family:
+        return _wrong_topic(kind, family)
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
+    return Rejection("invalid_fields", f"{where}: {first['msg']}"[:200])

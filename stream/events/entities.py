@@ -1,0 +1,134 @@
+"""Entity states: how joined figures stay order-independent (pure, no I/O).
+
+An entity (a ticket, a deal, a customer) keeps a small state in Redis. Each
+event merges into it with commutative rules (earliest opening, earliest public
+agent answer, …), so the state — and everything derived from it — does not
+depend on the order events arrive in. What an entity adds to the KPIs is a
+function of its state (`contribute`); when an event changes the state, the
+batch applies contribute(new) − contribute(old). Out-of-order arrivals
+therefore end in the same figures as in-order ones: a response time becomes
+known when the opening arrives after the answer, and an earlier answer
+arriving late replaces a later one as the first.
+
+This module holds the machinery only; the states themselves, with the KPIs
+they feed, live in the KPI domain modules (`stream.kpis.support`, …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Protocol, TypeVar
+
+__all__ = ["Contribution", "EntityKind", "EntityState", "PackedState", "earlier"]
+
+
+@dataclass
+class Contribution:
+    """What one entity state adds: windowed counters at event times, and current state."""
+
+    window: list[tuple[int, str, int]] = field(default_factory=list)  # (t_us, field, delta)
+    members: list[tuple[int, str, str, int]] = field(default_factory=list)  # (t_us, distinct name, member, delta)
+    counters: dict[str, int] = field(default_factory=dict)  # non-windowed counters
+    zmembers: set[tuple[str, str, float]] = field(default_factory=set)  # (sorted set, member, score in unix s)
+
+
+class EntityState(Protocol):
+    """What the fold needs of a state: merge an event, say what it contributes, encode itself."""
+
+    def merge(self, event: Any, t_us: int) -> Any: ...
+
+    def contribute(self, entity_id: str, config: Any) -> Contribution: ...
+
+    def encode(self) -> str: ...
+
+    def persistent(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class EntityKind:
+    """A kind of joined entity: its name, key tag, the event types it consumes, its state decoder.
+
+    `id_of` returns None when an event does not touch an entity of the kind (an
+    order without a quote id touches no quote). `key_tag` names the kind in its
+    Redis keys ('{prefix}:<key_tag>:<entity id>'): short on purpose, since it is
+    repeated in every entity key (millions of them), and fixed once data is stored.
+    """
+
+    name: str
+    key_tag: str
+    types: frozenset[str]
+    id_of: Callable[[Any], str | None]
+    decode: Callable[[str | None], EntityState]
+
+
+def earlier(current: int | None, candidate: int) -> bool:
+    """True when `candidate` replaces `current` as the earliest time seen."""
+    return current is None or candidate < current
+
+
+S = TypeVar("S", bound="PackedState")
+
+
+class PackedState:
+    """Base of dataclass states made of optional ints and strings, encoded '|'-joined.
+
+    The encoding is canonical (one text per state), which lets the fold compare
+    a state's new encoding with the raw value it read instead of decoding twice.
+    """
+
+    _ints: ClassVar[frozenset[str]] = frozenset()
+
+    def encode(self) -> str:
+        # Runs for every entity a batch touches: _quote only for text that needs escaping.
+        parts: list[str] = []
+        for v in self.__dict__.values():
+            if v is None:
+                parts.append("")
+            elif type(v) is int:
+                parts.append(str(v))
+            elif "%" in v or "|" in v:
+                parts.append(_quote(v))
+            else:
+                parts.append(v)
+        return "|".join(parts)
+
+    @classmethod
+    def decode(cls: type[S], raw: str | None) -> S:
+        if not raw:
+            return cls()
+        new = cls()
+        ints = cls._ints
+        values = new.__dict__
+        for name, part in zip(_names(cls), raw.split("|"), strict=False):
+            if part:
+                values[name] = int(part) if name in ints else _unquote(part)
+        return new
+
+    def copy(self: S) -> S:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def persistent(self) -> bool:
+        """True when the state must outlive the state TTL (it holds open "current" figures)."""
+        return False
+
+
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+def _quote(text: str) -> str:
+    # Free-text parts (ids, labels) may hold the separator: escape it and the escape.
+    return text.replace("%", "%25").replace("|", "%7C")
+
+
+def _unquote(part: str) -> str:
+    return part.replace("%7C", "|").replace("%25", "%") if "%" in part else part

@@ -1,0 +1,313 @@
+"""Fold one batch of new events into one delta for Redis (pure, no I/O).
+
+The worker sends Redis one increment per (bucket, counter) for the whole batch,
+not one per event; entity states are merged here and only their changes leave.
+What to count comes from the KPI domain as `FoldRules` (`stream.kpis.fold_rules`),
+so this module knows windows and entity states, not KPIs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.events.entities import Contribution, EntityKind
+from stream.events.windows import US, Window
+
+__all__ = ["BatchDelta", "FoldContext", "FoldMemo", "FoldRules", "entity_keys", "fold"]
+
+
+@dataclass(frozen=True, eq=False)
+class FoldRules:
+    """What the fold counts, per event type (built by `stream.kpis.fold_rules` from the settings).
+
+    `counters`: the (field, increment) pairs an event adds at its time;
+    `members`: the (distinct-count name, member) an event adds, for the types
+    that have one; `kinds`: the entity kinds an event touches; `config`: what
+    each entity state's `contribute` receives (the KPI settings).
+    """
+
+    counters: Mapping[str, Callable[[Any], Iterable[tuple[str, int]]]]
+    members: Mapping[str, Callable[[Any], tuple[str, str]]]
+    kinds: Mapping[str, tuple[EntityKind, ...]]
+    config: Any
+
+
+@dataclass(frozen=True)
+class FoldContext:
+    """Everything the fold needs besides the events: clock (unix s), windows, rules, key layout.
+
+    `entity_prefix(key_tag)` is the Redis key prefix of an entity kind's states
+    (`Keys.entity_prefix`); an entity's key is that prefix plus its id.
+    """
+
+    now_s: float
+    windows: tuple[Window, ...]
+    rules: FoldRules
+    entity_prefix: Callable[[str], str]
+
+
+@dataclass
+class BatchDelta:
+    """A batch's whole effect on Redis, and what it counted."""
+
+    buckets: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
+    expire_at: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Exact distinct counts: (window label, bucket, name) -> {member: count delta}.
+    distinct: dict[tuple[str, int, str], dict[str, int]] = field(default_factory=dict)
+    entity_writes: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    # The written states and what they contribute, for FoldMemo.remember after the write.
+    contributions: dict[str, tuple[Any, Contribution]] = field(default_factory=dict)
+    persistent: set[str] = field(default_factory=set)  # entity keys written without TTL
+    zadd: dict[tuple[str, str], float] = field(default_factory=dict)
+    zrem: set[tuple[str, str]] = field(default_factory=set)
+    counters: dict[str, int] = field(default_factory=dict)
+    processed: Counter[str] = field(default_factory=Counter)
+    late: int = 0
+    newest_us: int | None = None
+
+
+class FoldMemo:
+    """Decoded entity states and their contributions, kept from one batch to the next.
+
+    Keyed by entity key and valid only for the exact raw value Redis returns, so
+    a state changed elsewhere (another worker, an expiry) is decoded afresh:
+    fold results are identical with or without a memo. A memo belongs to one
+    FoldContext's settings (contributions depend on the SLAs and KPI settings).
+    Bounded: emptied when it holds `limit` entities.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self.entries: dict[str, tuple[str, Any, Contribution]] = {}  # key -> (raw, state, contribution)
+
+    def remember(self, delta: BatchDelta) -> None:
+        """Record the entity states `delta` wrote (call once Redis accepted it)."""
+        if len(self.entries) + len(delta.contributions) > self.limit:
+            self.entries.clear()
+        entries, writes = self.entries, delta.entity_writes
+        for key, (state, contribution) in delta.contributions.items():
+            entries[key] = (writes[key][1], state, contribution)
+
+
+def entity_keys(events: Sequence[Any], ctx: FoldContext) -> list[str]:
+    """Redis keys of every entity state the events touch (to read before folding)."""
+    out: dict[str, None] = {}
+    kinds = _kinds_with_prefix(ctx.rules, ctx.entity_prefix)
+    for ev in events:
+        for kind, prefix in kinds.get(ev.type, ()):
+            entity_id = kind.id_of(ev)
+            if entity_id is not None:
+                out[prefix + entity_id] = None
+    return list(out)
+
+
+class _Buckets:
+    """Collects (t_us, field, delta) items per fine bucket, then spreads them over the windows.
+
+    Every window's bucket width is a multiple of the fine width (their gcd), so
+    a fine bucket lies inside exactly one bucket of each window: the hot loop
+    does one dict update per counter, the spreading once per distinct bucket.
+    """
+
+    def __init__(self, ctx: FoldContext) -> None:
+        self._windows = ctx.windows
+        self._fine_us = math.gcd(*(w.bucket_seconds for w in ctx.windows)) * US
+        self._first = [w.first_bucket(ctx.now_s) for w in ctx.windows]
+        self.oldest_us = int((ctx.now_s - max(w.seconds for w in ctx.windows)) * US)
+        self.fine: dict[tuple[int, str], int] = {}
+        self.members: dict[tuple[int, str, str], int] = {}
+        self._targets_of: dict[int, list[tuple[str, int, int]]] = {}
+
+    def add(self, t_us: int, items: Iterable[tuple[str, int]]) -> bool:
+        """Add items at event time t_us; False (nothing added) when t_us is late."""
+        if t_us < self.oldest_us:
+            return False
+        m = t_us // self._fine_us
+        fine = self.fine
+        for name, value in items:
+            key = (m, name)
+            fine[key] = fine.get(key, 0) + value
+        return True
+
+    def add_one(self, t_us: int, name: str, value: int) -> None:
+        """Add one counter at event time t_us (late times are dropped)."""
+        if t_us >= self.oldest_us:
+            key = (t_us // self._fine_us, name)
+            fine = self.fine
+            fine[key] = fine.get(key, 0) + value
+
+    def add_member(self, t_us: int, name: str, member: str, value: int) -> None:
+        """Count `member` of distinct set `name` at t_us (late times are dropped)."""
+        if t_us < self.oldest_us:
+            return
+        key = (t_us // self._fine_us, name, member)
+        self.members[key] = self.members.get(key, 0) + value
+
+    def _targets(self, m: int) -> list[tuple[str, int, int]]:
+        """(window label, bucket, expiry) of every window whose range holds fine bucket m."""
+        found = self._targets_of.get(m)
+        if found is None:
+            start_s = m * (self._fine_us // US)
+            found = self._targets_of[m] = [
+                (window.label, k, window.expire_at(k))
+                for window, first in zip(self._windows, self._first, strict=True)
+                if (k := start_s // window.bucket_seconds) >= first
+            ]
+        return found
+
+    def spread(self, delta: BatchDelta) -> None:
+        """Write the collected counters into each window's buckets (non-zero ones only)."""
+        buckets, expire_at = delta.buckets, delta.expire_at
+        for (m, name), value in self.fine.items():
+            if not value:
+                continue
+            for label, k, expiry in self._targets(m):
+                key = (label, k)
+                target = buckets.get(key)
+                if target is None:
+                    target = buckets[key] = {}
+                    expire_at[key] = expiry
+                target[name] = target.get(name, 0) + value
+        for (m, name, member), value in self.members.items():
+            if not value:
+                continue
+            for label, k, expiry in self._targets(m):
+                dkey = (label, k, name)
+                counts = delta.distinct.get(dkey)
+                if counts is None:
+                    counts = delta.distinct[dkey] = {}
+                    expire_at.setdefault((label, k), expiry)
+                counts[member] = counts.get(member, 0) + value
+
+
+def fold(
+    events: Sequence[tuple[Any, int]],
+    states: Mapping[str, str | None],
+    ctx: FoldContext,
+    memo: FoldMemo | None = None,
+) -> BatchDelta:
+    """Fold new events ((event, occurred_at in µs), batch order) over entity states read from Redis.
+
+    `states` maps every key of `entity_keys` to its raw value (None if absent).
+    Late events (older than the longest window) change no window but still
+    update entity state, which counts every valid event however old. `memo`
+    only saves work: the caller records the delta's entity writes in it once
+    Redis has accepted them (`FoldMemo.remember`), and fold then skips decoding
+    those states and recomputing what they contributed.
+    """
+    remembered = memo.entries if memo is not None else {}
+    delta = BatchDelta()
+    buckets = _Buckets(ctx)
+    rules = ctx.rules
+    counters_of, members_of, config = rules.counters, rules.members, rules.config
+    # key -> (state read, state now, entity id, what the state read contributes if the memo knows it)
+    touched: dict[str, tuple[Any, Any, str, Contribution | None]] = {}
+    kinds = _kinds_with_prefix(rules, ctx.entity_prefix)
+    processed = delta.processed
+    newest = -1
+    late = 0
+    for ev, t_us in events:
+        kind_name = ev.type
+        processed[kind_name] += 1
+        if t_us > newest:
+            newest = t_us
+        if not buckets.add(t_us, counters_of[kind_name](ev)):
+            late += 1
+        members = members_of.get(kind_name)
+        if members is not None:
+            name, member = members(ev)
+            buckets.add_member(t_us, name, member, 1)
+        for kind, prefix in kinds.get(kind_name, ()):
+            entity_id = kind.id_of(ev)
+            if entity_id is not None:
+                key = prefix + entity_id
+                seen = touched.get(key)
+                if seen is not None:
+                    touched[key] = (seen[0], seen[1].merge(ev, t_us), entity_id, seen[3])
+                    continue
+                raw = states.get(key)
+                hit = remembered.get(key)
+                if hit is not None and hit[0] == raw:
+                    touched[key] = (hit[1], hit[1].merge(ev, t_us), entity_id, hit[2])
+                else:
+                    old = kind.decode(raw)
+                    # An entity new to Redis contributed nothing so far.
+                    known = _NOTHING if raw is None else None
+                    touched[key] = (old, old.merge(ev, t_us), entity_id, known)
+    delta.late = late
+    delta.newest_us = newest if newest >= 0 else None
+
+    for key, (old, new, entity_id, known) in touched.items():
+        # The raw value read is the old state's encoding (encode is canonical), so
+        # an unchanged entity costs one encode and no write.
+        stored = states.get(key)
+        new_raw = new.encode()
+        if new_raw == (stored if stored is not None else _empty_encoding(type(new))):
+            continue
+        delta.entity_writes[key] = (stored, new_raw)
+        if new.persistent():
+            delta.persistent.add(key)
+        before = known if known is not None else old.contribute(entity_id, config)
+        after = new.contribute(entity_id, config)
+        delta.contributions[key] = (new, after)
+        _apply_difference(delta, buckets, before, after)
+
+    buckets.spread(delta)
+    return delta
+
+
+@functools.lru_cache(maxsize=8)
+def _kinds_with_prefix(
+    rules: FoldRules, entity_prefix: Callable[[str], str]
+) -> dict[str, tuple[tuple[EntityKind, str], ...]]:
+    """Per event type: the entity kinds it touches and their Redis key prefixes."""
+    return {
+        event_type: tuple((kind, entity_prefix(kind.key_tag)) for kind in kinds)
+        for event_type, kinds in rules.kinds.items()
+    }
+
+
+_EMPTY_ENCODINGS: dict[type, str] = {}
+
+
+def _empty_encoding(cls: type) -> str:
+    """Encoding of a state class's empty state (what an absent key reads as)."""
+    value = _EMPTY_ENCODINGS.get(cls)
+    if value is None:
+        value = _EMPTY_ENCODINGS[cls] = cls().encode()
+    return value
+
+
+_NOTHING = Contribution()  # shared, never modified
+
+
+def _apply_difference(delta: BatchDelta, buckets: _Buckets, old: Contribution, new: Contribution) -> None:
+    add = buckets.add_one
+    for t_us, name, value in new.window:
+        add(t_us, name, value)
+    for t_us, name, value in old.window:
+        add(t_us, name, -value)
+    if new.members or old.members:
+        for t_us, name, member, value in new.members:
+            buckets.add_member(t_us, name, member, value)
+        for t_us, name, member, value in old.members:
+            buckets.add_member(t_us, name, member, -value)
+    if new.counters or old.counters:
+        counters = delta.counters
+        for name, value in new.counters.items():
+            counters[name] = counters.get(name, 0) + value
+        for name, value in old.counters.items():
+            counters[name] = counters.get(name, 0) - value
+    if old.zmembers == new.zmembers:
+        return
+    for zset, member, _score in old.zmembers - new.zmembers:
+        delta.zrem.add((zset, member))
+        delta.zadd.pop((zset, member), None)
+    for zset, member, score in new.zmembers - old.zmembers:
+        delta.zadd[(zset, member)] = score
+        delta.zrem.discard((zset, member))

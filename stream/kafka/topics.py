@@ -1,0 +1,34 @@
+"""`crm-kpi topics create`: the event topics and the dead-letter topic."""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from stream.settings import Settings
+
+__all__ = ["create_topics"]
+
+
+async def create_topics(settings: Settings) -> list[str]:
+    """Create every topic that does not exist yet; return the names created."""
+    names = [*settings.event_topics(), settings.dead_letter_topic]
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, settings.topic_partitions, settings.topic_replication_factor)
+            for name in names
+            if name not in existing
+        ]
+        created = []
+        for topic in wanted:
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()

@@ -1,0 +1,250 @@
+"""Customer KPIs: active customers, churn, net loss, renewals, and customers at churn risk.
+
+Two joined entities per customer: `CustomerState` (earliest acquisition and
+churn, so a repeated event never counts twice) and `RiskState` (the churn-risk
+items of the last 30 days, see `stream.kpis.churn_risk`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+
+from stream.events.entities import Contribution, EntityKind, PackedState, earlier
+from stream.kpis import churn_risk
+from stream.kpis.event_counts import events_of
+from stream.kpis.registry import Current, KpiConfig, Metric, Sample, SortedSet, Tally, Totals, one, ratio
+
+__all__ = [
+    "AT_RISK",
+    "CUSTOMERS_ACQUIRED",
+    "ENTITIES",
+    "METRICS",
+    "CustomerState",
+    "RiskState",
+    "active_at_start",
+    "churn_ratio",
+    "sorted_set_queries",
+]
+
+CUSTOMERS_ACQUIRED = Tally("cacq")  # windowed: customers whose acquisition is in the bucket
+CUSTOMERS_CHURNED = Tally("cchurn")  # windowed: customers whose churn is in the bucket
+EVER_ACQUIRED = Tally("cust_acq")  # current: customers ever acquired
+EVER_CHURNED = Tally("cust_churn")  # current: customers ever churned
+AT_RISK = SortedSet("risk")  # customers at churn risk, scored by when they fall under the threshold (s)
+
+_RENEWAL_DUE = events_of("subscription.renewal_due")
+_RENEWED = events_of("subscription.renewed")
+
+
+@dataclass
+class CustomerState(PackedState):
+    """A customer: earliest acquisition and earliest churn."""
+
+    acquired_us: int | None = None
+    churned_us: int | None = None
+
+    _ints: ClassVar[frozenset[str]] = frozenset({"acquired_us", "churned_us"})
+
+    def merge(self, event: Any, t_us: int) -> CustomerState:
+        new = self.copy()
+        if event.type == "customer.acquired":
+            if earlier(new.acquired_us, t_us):
+                new.acquired_us = t_us
+        elif event.type == "customer.churned" and earlier(new.churned_us, t_us):
+            new.churned_us = t_us
+        return new
+
+    def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
+        """Acquired / churned customers, in the window of each and in the current totals."""
+        out = Contribution()
+        if self.acquired_us is not None:
+            out.window.append((self.acquired_us, CUSTOMERS_ACQUIRED.code, 1))
+            out.counters[EVER_ACQUIRED.code] = 1
+        if self.churned_us is not None:
+            out.window.append((self.churned_us, CUSTOMERS_CHURNED.code, 1))
+            out.counters[EVER_CHURNED.code] = 1
+        return out
+
+
+_ITEM_KEY = operator.itemgetter(2)
+_AFTER_ANY_CODE = "\U0010ffff"  # sorts after every item code, so (t, this) follows every item at t
+
+
+@dataclass
+class RiskState:
+    """One customer's churn-risk items of the last 30 days (before their newest) and churn.
+
+    Items are keyed (a ticket by its id, a survey answer by its event id); a
+    repeated key keeps its earliest time. Items 30 days or more older than the
+    newest can never count again and are dropped: the state stays small and
+    depends only on the set of events seen. One bounded-memory exception: a key
+    whose item was dropped, seen again with a later time (a ticket "opened"
+    twice more than 30 days apart), counts anew at that time.
+    """
+
+    churned_us: int | None = None
+    items: tuple[churn_risk.Item, ...] = ()
+
+    def encode(self) -> str:
+        if self.churned_us is None and not self.items:
+            return ""
+        return orjson.dumps([self.churned_us, self.items]).decode()
+
+    @classmethod
+    def decode(cls, raw: str | None) -> RiskState:
+        if not raw:
+            return cls()
+        churned, items = orjson.loads(raw)
+        return cls(churned, tuple(map(tuple, items)))
+
+    def persistent(self) -> bool:
+        return False
+
+    def merge(self, event: Any, t_us: int) -> RiskState:
+        if event.type == "customer.churned":
+            if earlier(self.churned_us, t_us):
+                return RiskState(t_us, self.items)
+            return self
+        code, key = churn_risk.item_of(event)
+        items = list(self.items)
+        keys = list(map(_ITEM_KEY, items))  # C-level scans: a customer may hold dozens of items
+        if key in keys:
+            j = keys.index(key)
+            t, c, _ = items[j]
+            if (t, c) <= (t_us, code):
+                return self
+            del items[j]
+        bisect.insort(items, (t_us, code, key))
+        cut = items[-1][0] - churn_risk.WINDOW_US
+        if items[0][0] <= cut:
+            del items[: bisect.bisect_right(items, (cut, _AFTER_ANY_CODE))]  # items at or before the cut
+        return RiskState(self.churned_us, tuple(items))
+
+    def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
+        """Membership of the at-risk set, scored by when the customer falls under the threshold."""
+        out = Contribution()
+        if self.churned_us is None and self.items:
+            expiry = churn_risk.expiry_us(self.items, config.risk_threshold)
+            if expiry is not None:
+                out.zmembers.add((AT_RISK.name, entity_id, expiry / 1e6))
+        return out
+
+
+def _risk_id(event: Any) -> str | None:
+    # getattr: in-memory tests build bare events; every valid ticket/survey/churn carries a customer.
+    return getattr(event, "customer_id", None) if churn_risk.relevant(event) else None
+
+
+RISK = EntityKind("churn risk", "rk", churn_risk.TYPES, _risk_id, RiskState.decode)
+ENTITIES = (
+    EntityKind(
+        "customer",
+        "c",
+        frozenset({"customer.acquired", "customer.churned"}),
+        lambda e: e.customer_id,
+        CustomerState.decode,
+    ),
+    RISK,
+)
+
+
+def sorted_set_queries(now_s: float, config: KpiConfig) -> dict[str, float]:
+    """The at-risk set read at scrape time: members scored at or below now are no longer at risk."""
+    return {AT_RISK.name: now_s}
+
+
+# --- read-outs ---------------------------------------------------------------------------------
+
+
+def _active_now(current: Any) -> int:
+    return EVER_ACQUIRED.of(current) - EVER_CHURNED.of(current)
+
+
+def active_at_start(t: Totals) -> int:
+    """Active customers at the window's start: active now − acquired in window + churned in window."""
+    return _active_now(t.current) - CUSTOMERS_ACQUIRED.of(t) + CUSTOMERS_CHURNED.of(t)
+
+
+def churn_ratio(t: Totals) -> float | None:
+    """Churned in the window / active at its start; None when nobody was active at the start."""
+    start = active_at_start(t)
+    return CUSTOMERS_CHURNED.of(t) / start if start > 0 else None
+
+
+def _customers_active(c: Current) -> Iterator[Sample]:
+    return one(_active_now(c.counters))
+
+
+def _churn(t: Totals) -> Iterator[Sample]:
+    value = churn_ratio(t)
+    if value is not None:
+        yield (), value
+
+
+def _net_loss(t: Totals) -> Iterator[Sample]:
+    start = active_at_start(t)
+    if start > 0:
+        yield (), (start - _active_now(t.current)) / start
+
+
+def _renewal(t: Totals) -> Iterator[Sample]:
+    return ratio(_RENEWED.of(t), _RENEWAL_DUE.of(t))
+
+
+def _at_risk(c: Current) -> Iterator[Sample]:
+    z = c.zsets[AT_RISK.name]
+    # Scores are the moment each customer falls under the threshold: those still ahead count.
+    return one(z.size - z.at_or_below)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "crm_customers_active",
+        "Customers acquired - customers churned, now.",
+        (),
+        _customers_active,
+        unit="count",
+        domain="customers",
+        windowed=False,
+    ),
+    Metric(
+        "crm_customer_churn_ratio",
+        "Churned in window / active at window start (= active now - acquired in window + churned in window).",
+        (),
+        _churn,
+        unit="ratio",
+        domain="customers",
+    ),
+    Metric(
+        "crm_customer_net_loss_ratio",
+        "(Active at window start - active now) / active at window start.",
+        (),
+        _net_loss,
+        unit="ratio",
+        domain="customers",
+    ),
+    Metric(
+        "crm_subscription_renewal_ratio",
+        "subscription.renewed / subscription.renewal_due in the window.",
+        (),
+        _renewal,
+        unit="ratio",
+        domain="customers",
+    ),
+    Metric(
+        "crm_customers_at_risk",
+        "Customers not churned whose churn-risk points over the trailing 30 days reach the threshold "
+        "(CRM_KPI_CHURN_RISK_THRESHOLD, default 4); see `crm-kpi at-risk`.",
+        (),
+        _at_risk,
+        unit="count",
+        domain="customers",
+        windowed=False,
+    ),
+)

@@ -1,0 +1,62 @@
+"""Redis key names: the one module that spells them.
+
+Every key carries the hash tag `{prefix}` so one batch's keys live in one Redis
+Cluster slot and a single Lua script may touch them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one key prefix (setting CRM_KPI_REDIS_KEY_PREFIX)."""
+
+    prefix: str = "crm"
+
+    @property
+    def tag(self) -> str:
+        return "{" + self.prefix + "}"
+
+    @property
+    def offsets(self) -> str:
+        """Hash 'topic:partition' -> next offset to apply (the applied-record fence)."""
+        return f"{self.tag}:offsets"
+
+    @property
+    def current(self) -> str:
+        """Hash of non-windowed counters."""
+        return f"{self.tag}:cur"
+
+    def bucket(self, window_label: str, bucket: int) -> str:
+        """Hash of counters of one window bucket."""
+        return f"{self.tag}:w:{window_label}:{bucket}"
+
+    def bucket_prefix(self, window_label: str) -> str:
+        return f"{self.tag}:w:{window_label}:"
+
+    def distinct(self, window_label: str, bucket: int, name: str) -> str:
+        """Hash member -> count of one exact distinct count (e.g. active users) in one window bucket."""
+        return f"{self.tag}:wd:{window_label}:{bucket}:{name}"
+
+    def distinct_prefix(self, window_label: str) -> str:
+        return f"{self.tag}:wd:{window_label}:"
+
+    def dedupe(self, slot: int) -> str:
+        """Set of event-id digests first seen in dedupe slot `slot` (processing time)."""
+        return f"{self.tag}:dd:{slot}"
+
+    def entity(self, key_tag: str, entity_id: str) -> str:
+        """String holding the encoded state of one joined entity (`EntityKind.key_tag`)."""
+        return f"{self.tag}:{key_tag}:{entity_id}"
+
+    def entity_prefix(self, key_tag: str) -> str:
+        """What every state key of one entity kind starts with (the fold appends the id)."""
+        return self.entity(key_tag, "")
+
+    def zset(self, name: str) -> str:
+        """A sorted set of current state (e.g. tickets awaiting response)."""
+        return f"{self.tag}:z:{name}"
