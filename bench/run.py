@@ -21,13 +21,13 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.reference import assert_matches, expected, make_stream
 from schemas import TOPIC_FAMILY
 from stream.devtools.servers import EmbeddedServer, free_port, start_kafka, start_redis
 from stream.events.decode import Rejection, decode
 from stream.exporter.collector import kpi_samples, snapshot
 from stream.kafka.topics import create_topics
 from stream.settings import Settings, load_settings
-from tests.support.oracle import assert_matches, expected, make_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4

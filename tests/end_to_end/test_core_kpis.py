@@ -256,7 +256,7 @@ async def test_every_core_series_is_exact(stack: Any, redis: Any, kafka_bootstra
 
     await wait_for(exporter_up, 30, "the exporter to serve /metrics")
     scraped_at = time.time()
-    core = {m.name for m in METRICS if m.core}  # the others: tests/test_catalog_end_to_end.py
+    core = {m.name for m in METRICS if m.core}  # the others: tests/end_to_end/test_catalog_kpis.py
     got = {k: v for k, v in scrape(exporter_url).items() if k[0] in core}
     want = expected_series()
     assert set(got) == set(want), (sorted(set(got) - set(want)), sorted(set(want) - set(got)))

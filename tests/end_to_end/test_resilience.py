@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from bench.reference import assert_matches, expected, make_stream
 from stream.devtools.servers import EmbeddedServer, start_redis
 from stream.kafka.topics import create_topics
 from stream.settings import load_settings
 from tests.support.harness import WorkerProcess, applied, produce, read_topic, scrape, settings_of, stack_env, wait_for
-from tests.support.oracle import assert_matches, expected, make_stream
 
 pytestmark = pytest.mark.slow
 

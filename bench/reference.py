@@ -1,7 +1,8 @@
 """An independent, deliberately plain model of the core KPIs, for streams inside every window.
 
-Used by the crash and outage tests: events all fall in the last hour (no window
-edges), tickets are answered at most once, in order.
+Imports nothing from the product, so a bug in the product cannot hide in it.
+Used by the benchmark and by the crash and outage tests: events all fall in the
+last hour (no window edges), tickets are answered at most once, in order.
 """
 
 from __future__ import annotations
