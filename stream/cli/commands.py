@@ -152,11 +152,16 @@ def schemas() -> None:
 
 @schemas.command("export")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def schemas_export(directory: Path) -> None:
-    """Write the JSON Schema of every event type into DIRECTORY."""
+@click.option("--topic-prefix", envvar="CRM_KPI_TOPIC_PREFIX", default="crm.", show_default=True,
+              help="Topic prefix the schemas name (x-topic); defaults to CRM_KPI_TOPIC_PREFIX.")
+def schemas_export(directory: Path, topic_prefix: str) -> None:
+    """Write the JSON Schema of every event type, naming its topic, into DIRECTORY."""
     from schemas import export_json_schemas
 
-    written = export_json_schemas(directory)
+    try:
+        written = export_json_schemas(directory, topic_prefix)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--topic-prefix") from None
     click.echo(f"wrote {len(written)} schemas to {directory}")
 
 

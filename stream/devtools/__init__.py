@@ -2,6 +2,6 @@
 
 `servers` starts the embedded broker and Redis, `synthetic_crm` generates a
 believable CRM event stream, `simulate` publishes it paced by event time,
-`demo` runs the whole stack in one command, `readme_tables` regenerates the
+`demo` runs the whole stack in one command, `reference_tables` regenerates the
 README's reference tables.
 """

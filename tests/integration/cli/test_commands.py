@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from schemas import json_schemas
-from stream.devtools.readme_tables import render_readme
+from stream.devtools.reference_tables import render_readme
 from stream.settings import load_settings
 from tests.support.harness import ROOT
 
@@ -63,7 +63,7 @@ def test_committed_json_schemas_match_the_models(tmp_path: Path) -> None:
 
 def test_readme_reference_tables_match_the_code() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert render_readme(readme) == readme, "run: python -m stream.devtools.readme_tables README.md"
+    assert render_readme(readme) == readme, "run: python -m stream.devtools.reference_tables README.md"
 
 
 def _line(**fields: Any) -> str:
