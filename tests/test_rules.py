@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,17 @@ RULES = ROOT / "deploy" / "prometheus" / "rules"
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
+# Rules generated for a Kubernetes-like scrape config; tests/promtool/kubernetes/ tests them.
+OTHER_SCRAPE_CONFIG = (
+    "--worker-selector",
+    'namespace="crm", job="crm/crm-kpi-worker"',
+    "--exporter-selector",
+    'namespace="crm", job="crm/crm-kpi-exporter"',
+    "--runbook-url",
+    "https://git.example.com/crm-kpi-stream/blob/main/docs/runbooks.md",
+    "--grafana-url",
+    "https://grafana.example.com/",
+)
 
 
 def _run(*argv: str, cwd: Path | None = None) -> str:
@@ -111,6 +124,7 @@ def test_rules_follow_mixin_conventions() -> None:
     anchors = {
         m.group(1).strip().lower() for m in re.finditer(r"^##+\s+(.+?)\s*$", RUNBOOKS.read_text(encoding="utf-8"), re.M)
     }
+    boards = _boards()
     seen: list[str] = []
     for path in _rule_files():
         for group in _load(path)["groups"]:
@@ -121,12 +135,46 @@ def test_rules_follow_mixin_conventions() -> None:
                 assert re.fullmatch(r"CrmKpi(?:[A-Z][a-z0-9]*)+", name), name
                 assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
                 ann = rule["annotations"]
-                assert set(ann) == {"summary", "description", "runbook_url"}, name
+                assert set(ann) == {"summary", "description", "runbook_url", "dashboard_url"}, name
+                assert "$value" not in ann["summary"], f"{name}: summaries are static"
                 url, _, anchor = ann["runbook_url"].partition("#")
-                assert url.endswith("docs/runbooks.md") and anchor == name.lower(), name
+                assert url == "docs/runbooks.md" and anchor == name.lower(), name
                 assert anchor in anchors, f"docs/runbooks.md has no section for {name}"
+                board = ann["dashboard_url"].removeprefix("/d/")
+                assert board in boards and board == monitoring.GROUP_DASHBOARDS[path.stem], name
     assert set(seen) == {a.name for a in monitoring.ALERTS}
     assert len(seen) == len(monitoring.ALERTS)
+
+
+def test_rules_for_another_scrape_config(tmp_path: Path) -> None:
+    """Rules generated with other selectors and URLs pass promtool, and their target-health
+    alerts follow the selectors, not the compose job names (tests/promtool/kubernetes/)."""
+    promtool = required_tool("promtool", "prometheus")
+    generate = (sys.executable, "-m", "deploy.monitoring", "--out", str(tmp_path), *OTHER_SCRAPE_CONFIG)
+    _run(*generate, cwd=ROOT)
+    _run(*generate, "--check", cwd=ROOT)
+    rules = tmp_path / RULES.relative_to(ROOT)
+    files = sorted(rules.glob("*.yml"))
+    assert [p.name for p in files] == [p.name for p in _rule_files()]
+    _run(promtool, "check", "rules", *map(str, files))
+    boards = sorted((tmp_path / DASHBOARDS.relative_to(ROOT)).glob("*.json"))
+    for path in [*files, *boards]:
+        text = path.read_text(encoding="utf-8")
+        assert 'job="crm-kpi-worker"' not in text and 'job="crm-kpi-exporter"' not in text, path.name
+    assert "# Options: --worker-selector" in (rules / "pipeline.yml").read_text(encoding="utf-8")
+    for test in sorted((PROMTOOL_TESTS / "kubernetes").glob("*_test.yml")):
+        shutil.copy(test, rules / test.name)
+        _run(promtool, "test", "rules", test.name, cwd=rules)
+
+
+def test_selectors_are_checked() -> None:
+    assert monitoring.Deployment(worker_selector='{job="w"}').workers_up == 'up{job="w"}'
+    assert monitoring.Deployment(grafana_url="https://g.example/").dashboard("b") == "https://g.example/d/b"
+    for bad in ("crm-kpi-worker", 'job="a" or 1', "job=a", 'job="{{ x }}"', ""):
+        with pytest.raises(ValueError):
+            monitoring.Deployment(worker_selector=bad)
+    with pytest.raises(SystemExit):
+        monitoring.main(["--check", "--exporter-selector", "exporter"])
 
 
 def test_thresholds_are_documented() -> None:

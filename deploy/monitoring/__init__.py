@@ -2,10 +2,12 @@
 
     python -m deploy.monitoring          # rewrite the generated files
     python -m deploy.monitoring --check  # exit 1 if a committed file is stale
+    python -m deploy.monitoring --help   # options for other scrape configs (see docs/alerts.md)
 
 - `thresholds`: every alert threshold, in one table (`THRESHOLDS`);
 - `names`: metric names, checked against the registries that serve them
   (`stream.kpis.METRICS`, `stream.opmetrics.WorkerMetrics`, the exporter's own);
+- `deployment`: the scrape targets' labels, the runbook and Grafana URLs (the options);
 - `alerts`, `dashboards`: what is alerted on and what the four boards show;
 - `rules`, `grafana`, `docs`: rendering to rule YAML, dashboard JSON and Markdown;
 - `generate`: every generated file, and the command line.
@@ -14,8 +16,9 @@
 package generates.
 """
 
-from .alerts import ALERTS, EXPORTER_JOB, GROUPS, WORKER_JOB
-from .dashboards import DASHBOARDS, PanelQuery, panel_queries
+from .alerts import ALERTS, GROUP_DASHBOARDS, GROUPS, build_alerts
+from .dashboards import DASHBOARDS, PanelQuery, build_dashboards, panel_queries
+from .deployment import DEFAULT_DEPLOYMENT, EXPORTER_JOB, WORKER_JOB, Deployment
 from .generate import ALERTS_DOC, DASHBOARDS_DIR, RULES_DIR, generate, main
 from .model import Alert, Dashboard, Panel, Query
 from .names import UnknownMetricError, metric_source, metrics_in
@@ -26,18 +29,23 @@ __all__ = [
     "ALERTS_DOC",
     "DASHBOARDS",
     "DASHBOARDS_DIR",
+    "DEFAULT_DEPLOYMENT",
     "EXPORTER_JOB",
     "GROUPS",
+    "GROUP_DASHBOARDS",
     "RULES_DIR",
     "THRESHOLDS",
     "WORKER_JOB",
     "Alert",
     "Dashboard",
+    "Deployment",
     "Panel",
     "PanelQuery",
     "Query",
     "Threshold",
     "UnknownMetricError",
+    "build_alerts",
+    "build_dashboards",
     "generate",
     "main",
     "metric_source",

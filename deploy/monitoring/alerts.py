@@ -1,25 +1,32 @@
 """The alert definitions: KPI alerts on the exporter's gauges, pipeline alerts on the workers.
 
 Thresholds come from `thresholds.THRESHOLDS`, metric names from the registries
-(`names`). Each alert's runbook is the section of docs/runbooks.md named after it.
+(`names`), the scrape targets' labels from the `Deployment`. Each alert's runbook
+is the section of docs/runbooks.md named after it; each alert links to the board
+of its rule group (`GROUP_DASHBOARDS`).
+
+Summaries are static text (labels, never `$value`), so a notification about one
+alert keeps its title while the value moves; descriptions carry the values.
 """
 
 from __future__ import annotations
 
-from stream.config import format_duration
-
+from .deployment import DEFAULT_DEPLOYMENT, Deployment
 from .model import Alert
 from .names import exporter_metric, kpi_metric, metrics_in, worker_metric
 from .thresholds import P90, SLA, THRESHOLDS, threshold, threshold_duration, threshold_percent
 
-__all__ = ["ALERTS", "EXPORTER_JOB", "GROUPS", "WORKER_JOB"]
+__all__ = ["ALERTS", "GROUPS", "GROUP_DASHBOARDS", "build_alerts"]
 
-# Prometheus job names (deploy/prometheus/prometheus.yml).
-WORKER_JOB = "crm-kpi-worker"
-EXPORTER_JOB = "crm-kpi-exporter"
-
-# Rule files, in the order of docs/alerts.md's tables: deploy/prometheus/rules/<group>.yml.
-GROUPS = ("pipeline", "support", "churn", "satisfaction", "funnel")
+# Rule groups (deploy/prometheus/rules/<group>.yml) -> uid of the board their alerts link to.
+GROUP_DASHBOARDS = {
+    "pipeline": "crm-kpi-pipeline-health",
+    "support": "crm-kpi-support-sla",
+    "churn": "crm-kpi-satisfaction-retention",
+    "satisfaction": "crm-kpi-satisfaction-retention",
+    "funnel": "crm-kpi-sales-funnel",
+}
+GROUPS = tuple(GROUP_DASHBOARDS)
 
 
 def in_window(name: str, window: str, **labels: str) -> str:
@@ -54,10 +61,11 @@ def _support_alerts() -> tuple[Alert, ...]:
             f"{in_window(first_response, fr_window, quantile=P90)} > {threshold('first_response_p90_seconds')}",
             "15m",
             "warning",
-            f"First-response p90 over the last {fr_window} is {{{{ $value | humanizeDuration }}}}.",
+            f"First-response p90 over the last {fr_window} is over the"
+            f" {threshold_duration('first_response_p90_seconds')} SLA.",
             f"90% of the tickets first answered in the last {fr_window} waited up to"
             " {{ $value | humanizeDuration }} for a first response, over the"
-            f" {format_duration(SLA['normal'])} SLA, for 15 minutes.",
+            f" {threshold_duration('first_response_p90_seconds')} SLA, for 15 minutes.",
             ("first_response_window", "first_response_p90_seconds"),
         ),
         Alert(
@@ -66,8 +74,8 @@ def _support_alerts() -> tuple[Alert, ...]:
             f"{in_window(breach_ratio, breach_window)} > {threshold('sla_breach_ratio')}",
             "15m",
             "warning",
-            "{{ $labels.priority }} tickets: {{ $value | humanizePercentage }} of first responses"
-            f" missed the SLA over {breach_window}.",
+            f"{{{{ $labels.priority }}}} tickets: over {threshold_percent('sla_breach_ratio')} of first"
+            f" responses missed the SLA over {breach_window}.",
             "Of the {{ $labels.priority }} tickets first answered in the last"
             f" {breach_window}, {{{{ $value | humanizePercentage }}}} were answered later than the"
             f" SLA of their priority (threshold {threshold_percent('sla_breach_ratio')}).",
@@ -80,7 +88,7 @@ def _support_alerts() -> tuple[Alert, ...]:
                 f'{over_sla}{{priority=~"{priorities}"}} > {threshold("awaiting_over_sla_count")}',
                 for_,
                 severity,
-                "{{ $value }} {{ $labels.priority }} tickets await a first response past their SLA.",
+                "{{ $labels.priority }} tickets await a first response past their SLA.",
                 "{{ $value }} {{ $labels.priority }} tickets were opened longer ago than their"
                 " priority's SLA and still have no public answer by an agent. See"
                 f" {oldest} for the oldest one's age.",
@@ -102,7 +110,7 @@ def _churn_alerts() -> tuple[Alert, ...]:
             f"{in_window(churn, window)} > {threshold('churn_ratio')}",
             "1h",
             "warning",
-            f"Customer churn over {window} is {{{{ $value | humanizePercentage }}}}.",
+            f"Customer churn over {window} is above {threshold_percent('churn_ratio')}.",
             f"{{{{ $value | humanizePercentage }}}} of the customers active {window} ago"
             f" have churned since (threshold {threshold_percent('churn_ratio')}).",
             ("churn_window", "churn_ratio"),
@@ -120,7 +128,7 @@ def _churn_alerts() -> tuple[Alert, ...]:
             ),
             "1h",
             "warning",
-            "Churn over 24h is {{ $value | humanizePercentage }}, a spike against its 7-day baseline.",
+            "Churn over 24h spikes against its 7-day baseline.",
             "The 24h churn ratio ({{ $value | humanizePercentage }}) is over"
             f" {threshold('churn_spike_factor')} times the daily average of the 7d churn ratio, with at"
             f" least {threshold('churn_spike_min_churned')} customers churned in 24h.",
@@ -148,7 +156,7 @@ def _satisfaction_alerts() -> tuple[Alert, ...]:
             ),
             "1h",
             "warning",
-            'NPS over 24h fell to {{ $value | printf "%.0f" }}, below its 7-day baseline.',
+            f"NPS over 24h fell more than {threshold('nps_drop_points')} points below its 7-day baseline.",
             'The 24h NPS ({{ $value | printf "%.0f" }}) is more than'
             f" {threshold('nps_drop_points')} points below the 7d NPS, over at least"
             f" {threshold('nps_min_responses')} responses.",
@@ -161,7 +169,7 @@ def _satisfaction_alerts() -> tuple[Alert, ...]:
             f"  {in_window(surveys, csat_window, kind='csat')} >= {threshold('csat_min_responses')}",
             "1h",
             "warning",
-            f"CSAT over {csat_window} is {{{{ $value | humanizePercentage }}}}.",
+            f"CSAT over {csat_window} is below {threshold_percent('csat_ratio')}.",
             "Only {{ $value | humanizePercentage }} of the CSAT answers"
             f" over {csat_window}"
             f" are satisfied (4 or 5), below {threshold_percent('csat_ratio')}, over at least"
@@ -188,7 +196,7 @@ def _funnel_alerts() -> tuple[Alert, ...]:
             ),
             "1h",
             "warning",
-            "Lead conversion over 24h fell to {{ $value | humanizePercentage }}.",
+            f"Lead conversion over 24h fell below {threshold('conversion_drop_factor')} times its 7-day level.",
             "The 24h lead conversion ratio ({{ $value | humanizePercentage }}) is below"
             f" {threshold('conversion_drop_factor')} times the 7d ratio, over at least"
             f" {threshold('conversion_min_leads')} leads created in 24h.",
@@ -197,7 +205,7 @@ def _funnel_alerts() -> tuple[Alert, ...]:
     )
 
 
-def _pipeline_alerts() -> tuple[Alert, ...]:
+def _pipeline_alerts(deployment: Deployment) -> tuple[Alert, ...]:
     processed = worker_metric("crm_events_processed_total")
     invalid = worker_metric("crm_events_invalid_total")
     consumer_lag = worker_metric("crm_kafka_consumer_lag")
@@ -210,7 +218,7 @@ def _pipeline_alerts() -> tuple[Alert, ...]:
         Alert(
             "CrmKpiWorkerDown",
             "pipeline",
-            f'up{{job="{WORKER_JOB}"}} == 0',
+            f"{deployment.workers_up} == 0",
             "2m",
             "critical",
             "crm-kpi worker {{ $labels.instance }} is down.",
@@ -221,17 +229,17 @@ def _pipeline_alerts() -> tuple[Alert, ...]:
         Alert(
             "CrmKpiWorkersAbsent",
             "pipeline",
-            f'absent(up{{job="{WORKER_JOB}"}})',
+            f"absent({deployment.workers_up})",
             "5m",
             "critical",
             "No crm-kpi worker is known to Prometheus.",
-            f"Prometheus has had no target in job {WORKER_JOB} for 5 minutes (service discovery"
-            " finds no worker): nothing consumes the CRM topics and the KPIs are frozen.",
+            f"Prometheus has had no target matching {deployment.workers_up} for 5 minutes (service"
+            " discovery finds no worker): nothing consumes the CRM topics and the KPIs are frozen.",
         ),
         Alert(
             "CrmKpiExporterDown",
             "pipeline",
-            f'up{{job="{EXPORTER_JOB}"}} == 0',
+            f"{deployment.exporters_up} == 0",
             "2m",
             "critical",
             "crm-kpi exporter {{ $labels.instance }} is down.",
@@ -254,7 +262,7 @@ def _pipeline_alerts() -> tuple[Alert, ...]:
             f"sum by (topic) (max by (topic, partition) ({consumer_lag})) > {threshold('consumer_lag_records')}",
             "10m",
             "warning",
-            "{{ $value }} records of {{ $labels.topic }} are not yet applied.",
+            f"Workers are over {threshold('consumer_lag_records')} records behind on {{{{ $labels.topic }}}}.",
             "The workers are {{ $value }} records behind on topic {{ $labels.topic }}"
             f" (threshold {threshold('consumer_lag_records')}) for 10 minutes: the KPIs lag reality.",
             ("consumer_lag_records",),
@@ -265,7 +273,7 @@ def _pipeline_alerts() -> tuple[Alert, ...]:
             f"{event_lag} > {threshold('event_lag_seconds')}",
             "10m",
             "warning",
-            "Worker {{ $labels.instance }} is {{ $value | humanizeDuration }} behind event time.",
+            f"Worker {{{{ $labels.instance }}}} is over {threshold_duration('event_lag_seconds')} behind event time.",
             "The newest event applied by the worker at {{ $labels.instance }} occurred"
             " {{ $value | humanizeDuration }} ago"
             f" (threshold {threshold_duration('event_lag_seconds')}) for 10 minutes.",
@@ -279,7 +287,7 @@ def _pipeline_alerts() -> tuple[Alert, ...]:
             f"and\nsum(rate({invalid}[5m])) > {threshold('dead_letter_min_rate')}",
             "10m",
             "warning",
-            "{{ $value | humanizePercentage }} of consumed records go to the dead-letter topic.",
+            f"Over {threshold_percent('dead_letter_ratio')} of consumed records go to the dead-letter topic.",
             "Over the last 5 minutes {{ $value | humanizePercentage }} of the records consumed"
             f" were invalid and dead-lettered (threshold {threshold_percent('dead_letter_ratio')})"
             " for 10 minutes. A producer is sending bad events.",
@@ -288,7 +296,7 @@ def _pipeline_alerts() -> tuple[Alert, ...]:
         Alert(
             "CrmKpiNoEvents",
             "pipeline",
-            f'(sum(rate({processed}[{quiet}])) or vector(0)) == 0\nand on()\nsum(up{{job="{WORKER_JOB}"}}) > 0',
+            f"(sum(rate({processed}[{quiet}])) or vector(0)) == 0\nand on()\nsum({deployment.workers_up}) > 0",
             "5m",
             "warning",
             f"No valid CRM event processed for {quiet}.",
@@ -303,7 +311,7 @@ def _pipeline_alerts() -> tuple[Alert, ...]:
             f" > {threshold('batch_p99_seconds')}",
             "15m",
             "warning",
-            "Worker batch p99 is {{ $value | humanizeDuration }}.",
+            f"Worker batch p99 is over {threshold('batch_p99_seconds')}s.",
             "99% of worker batches take up to {{ $value | humanizeDuration }}"
             f" (threshold {threshold('batch_p99_seconds')}s) for 15 minutes: Redis is slow or batches are"
             " too big.",
@@ -324,16 +332,24 @@ def _pipeline_alerts() -> tuple[Alert, ...]:
     )
 
 
-def _check(alerts: tuple[Alert, ...]) -> tuple[Alert, ...]:
-    """Every alert sits in a known rule file and reads only known metrics and thresholds."""
+def build_alerts(deployment: Deployment = DEFAULT_DEPLOYMENT) -> tuple[Alert, ...]:
+    """Every alert, in the order of docs/alerts.md; each checked for known metrics,
+    thresholds and rule group, and for a static summary."""
+    alerts = (
+        *_support_alerts(),
+        *_churn_alerts(),
+        *_satisfaction_alerts(),
+        *_funnel_alerts(),
+        *_pipeline_alerts(deployment),
+    )
     for alert in alerts:
         metrics_in(alert.expr)
         assert alert.group in GROUPS, (alert.name, alert.group)
         unknown = set(alert.thresholds) - set(THRESHOLDS)
         assert not unknown, (alert.name, unknown)
+        assert "$value" not in alert.summary, (alert.name, alert.summary)
     return alerts
 
 
-ALERTS: tuple[Alert, ...] = _check(
-    (*_support_alerts(), *_churn_alerts(), *_satisfaction_alerts(), *_funnel_alerts(), *_pipeline_alerts())
-)
+# The alerts of the compose stack (the committed rule files).
+ALERTS: tuple[Alert, ...] = build_alerts()

@@ -1,8 +1,9 @@
-"""docs/alerts.md: the thresholds table, the alerts and their expressions."""
+"""docs/alerts.md: how the alerts are made, the thresholds table, the alerts and their expressions."""
 
 from __future__ import annotations
 
-from .alerts import ALERTS, EXPORTER_JOB, WORKER_JOB
+from .alerts import build_alerts
+from .deployment import DEFAULT_DEPLOYMENT, Deployment, option_name
 from .thresholds import THRESHOLDS
 
 __all__ = ["alerts_md"]
@@ -13,7 +14,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _intro() -> list[str]:
+def _intro(deployment: Deployment) -> list[str]:
     return [
         "# Alerts",
         "",
@@ -28,26 +29,67 @@ def _intro() -> list[str]:
         "",
         "Conventions (monitoring-mixin): names are CamelCase with the prefix `CrmKpi`; every",
         "alert has a `severity` label (`critical` pages, `warning` opens a ticket; see",
-        "`deploy/alertmanager/alertmanager.yml`) and `summary`, `description` and",
-        "`runbook_url` annotations. KPI alerts read the exporter's gauges (job",
-        f"`{EXPORTER_JOB}`), pipeline alerts the workers' operational metrics",
-        f"(job `{WORKER_JOB}`).",
+        "`deploy/alertmanager/alertmanager.yml`) and `summary`, `description`, `runbook_url`",
+        "and `dashboard_url` (the Grafana board of its rule group) annotations. Summaries are",
+        "static text, so a notification keeps its title while the value moves; descriptions",
+        "give the values. KPI alerts read the exporter's gauges, pipeline alerts the workers'",
+        "operational metrics and the health of the scrape targets",
+        f"(`{deployment.workers_up}`, `{deployment.exporters_up}`).",
         "Baselines are the KPI's own 7d window, served by the exporter from Redis, so they",
         "hold from the first scrape and survive a Prometheus restart.",
         "",
     ]
 
 
-def alerts_md() -> str:
+def _other_scrape_configs() -> list[str]:
     lines = [
-        *_intro(),
+        "## Other scrape configs",
+        "",
+        "The committed rules and boards match the compose stack's scrape config",
+        "(`deploy/prometheus/prometheus.yml`), whose targets Prometheus knows as",
+        f"`{DEFAULT_DEPLOYMENT.workers_up}` and `{DEFAULT_DEPLOYMENT.exporters_up}`. Under Kubernetes,",
+        "or any scrape config with other job names, CrmKpiWorkersAbsent would fire for ever",
+        "and the other target-health alerts would never match. Generate the files for the",
+        "labels your Prometheus gives the targets, into a directory of your own, and deploy",
+        "those (here with a PodMonitor's job names):",
+        "",
+        "```sh",
+        "python -m deploy.monitoring --out ../crm-kpi-monitoring \\",
+        '  --worker-selector \'namespace="crm", job="crm/crm-kpi-worker"\' \\',
+        '  --exporter-selector \'namespace="crm", job="crm/crm-kpi-exporter"\' \\',
+        "  --runbook-url https://git.example.com/crm-kpi-stream/blob/main/docs/runbooks.md \\",
+        "  --grafana-url https://grafana.example.com",
+        "```",
+        "",
+        "This writes `deploy/prometheus/rules/*.yml`, `deploy/grafana/dashboards/*.json` and",
+        "`docs/alerts.md` below `--out` (default: this repository); each rule file names the",
+        "options it was generated with, and `--check` with the same options says whether the",
+        "files are current. Metric names are the same under every scrape config: only the",
+        'target-health queries (`up`, `absent(up)`) and the boards\' "Workers up" use the',
+        "selectors.",
+        "",
+        "| option | default | meaning |",
+        "|---|---|---|",
+    ]
+    for option in DEFAULT_DEPLOYMENT.option_fields():
+        default = getattr(DEFAULT_DEPLOYMENT, option.name)
+        shown = f"`{_cell(default)}`" if default else "(empty: links relative to Grafana's root)"
+        lines.append(f"| `{option_name(option)}` | {shown} | {_cell(option.metadata['help'])} |")
+    return [*lines, ""]
+
+
+def alerts_md(deployment: Deployment = DEFAULT_DEPLOYMENT) -> str:
+    alerts = build_alerts(deployment)
+    lines = [
+        *_intro(deployment),
+        *_other_scrape_configs(),
         "## Thresholds",
         "",
         "| key | value | unit | meaning | used by |",
         "|---|---|---|---|---|",
     ]
     for key, th in THRESHOLDS.items():
-        users = sorted({a.name for a in ALERTS if key in a.thresholds})
+        users = sorted({a.name for a in alerts if key in a.thresholds})
         lines.append(f"| `{key}` | `{_cell(str(th))}` | {th.unit} | {th.meaning} | {', '.join(users)} |")
     lines += [
         "",
@@ -56,12 +98,12 @@ def alerts_md() -> str:
         "| alert | severity | for | file | summary |",
         "|---|---|---|---|---|",
     ]
-    for a in ALERTS:
+    for a in alerts:
         lines.append(
             f"| [{a.name}](runbooks.md#{a.name.lower()}) | {a.severity} | {a.for_} |"
             f" `{a.group}.yml` | {_cell(a.summary)} |"
         )
     lines += ["", "## Expressions", ""]
-    for a in ALERTS:
+    for a in alerts:
         lines += [f"### {a.name} ({a.severity})", "", "```promql", a.expr, "```", ""]
     return "\n".join(lines)
