@@ -148,8 +148,12 @@ def test_missing_jars_say_how_to_fetch_them(tmp_path: Path) -> None:
 
 
 async def test_restart_keeps_the_log_and_wipe_loses_it(apache_kafka_factory: Callable[..., ApacheKafka]) -> None:
-    """kill + restart: every acknowledged record is back; wipe: the topic is gone, re-created empty."""
-    kafka = apache_kafka_factory(partitions=2)
+    """kill + restart: every acknowledged record is back; wipe: the topic is gone, re-created empty.
+
+    The records are read back through a second listener: extra listeners keep their ports too.
+    """
+    kafka = apache_kafka_factory(partitions=2, listeners={"EXTERNAL": "PLAINTEXT"})
+    assert kafka.address("EXTERNAL") != kafka.bootstrap
     print(f"broker start: {kafka.startup_seconds:.1f}s")
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
@@ -164,7 +168,7 @@ async def test_restart_keeps_the_log_and_wipe_loses_it(apache_kafka_factory: Cal
     await asyncio.to_thread(kafka.restart)
     print(f"restart after SIGKILL: {kafka.startup_seconds:.1f}s")
     assert await _end_offsets(kafka.bootstrap, ["kept"]) == ends
-    got = await read_topic(kafka.bootstrap, "kept", 500)
+    got = await read_topic(kafka.address("EXTERNAL"), "kept", 500)
     assert sorted(r.value for r in got) == sorted(v for _, _, v in records)
 
     cluster = kafka.cluster_id

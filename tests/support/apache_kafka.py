@@ -502,10 +502,10 @@ class ApacheKafka:
         parts = []
         for name in ("server.log", "broker.out"):
             path = self.workdir / name
-            if path.is_file():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
+            tail = path.read_text(errors="replace").splitlines()[-lines:] if path.is_file() else []
+            if tail:
                 parts.append(f"--- {path} (last {len(tail)} lines)\n" + "\n".join(tail))
-        return "\n".join(parts) or f"(no broker log in {self.workdir})"
+        return "\n".join(parts) or f"(the broker has logged nothing yet in {self.workdir})"
 
     def __enter__(self) -> ApacheKafka:
         try:
