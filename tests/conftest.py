@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from stream.devtools.servers import start_kafka, start_redis
 
+pytest_plugins = ["tests.support.kafka_fixtures"]
 _counter = itertools.count()
 
 

@@ -1,1 +1,2 @@
-"""What the tests share: real-server harness, settings without the developer's environment, references."""
+"""What the tests share: real servers (Apache Kafka, Tansu, Redis), the worker harness, settings without
+the developer's environment, and the in-memory store model."""
