@@ -1,6 +1,6 @@
 """`python -m bench.catalog`: the full catalog flowing — worker throughput and scrape time (issue #6).
 
-1. Throughput: publishes N simulator events of every §3.2/§3.3 type spread over the
+1. Throughput: publishes N simulator events of every event type spread over the
    last 29 days, runs one `crm-kpi worker`, reports events/s (first batch applied →
    last record applied).
 2. Scrape: fills a fresh key prefix straight through the fold and the atomic write

@@ -1,4 +1,4 @@
-"""The producers' package: CRM event models, their topics and JSON Schemas (SPEC §3).
+"""The producers' package: CRM event models, their topics and JSON Schemas (docs/events.md).
 
 Depends on pydantic only (never faust, redis, aiokafka or stream/), so
 producers can validate before they publish.

@@ -1,4 +1,4 @@
-"""Pydantic models of the CRM events producers publish (SPEC §3.1–§3.4).
+"""Pydantic models of the CRM events producers publish (docs/events.md).
 
 Validation is strict and runs almost entirely inside pydantic-core: strings
 must be JSON strings, integers JSON integers, booleans JSON booleans.
@@ -156,7 +156,7 @@ Amount = Annotated[Decimal, _Amount()]
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-# Free-text labels are capped to allow-lists by the worker (SPEC §5), not here.
+# Free-text labels are capped to allow-lists by the worker (docs/kpi-definitions.md), not here.
 Label = Annotated[str, Field(max_length=64)]
 RequiredLabel = Annotated[str, Field(min_length=1, max_length=64)]
 Priority = Literal["low", "normal", "high", "urgent"]
@@ -165,7 +165,7 @@ _SCORE_RANGE: Final[dict[str, tuple[int, int]]] = {"nps": (0, 10), "csat": (1, 5
 
 
 class Envelope(BaseModel):
-    """Fields every event carries (SPEC §3.1); subclasses narrow `type` to a Literal.
+    """Fields every event carries (docs/events.md); subclasses narrow `type` to a Literal.
 
     Unknown fields are ignored for forward compatibility; instances are frozen.
     """
@@ -188,7 +188,7 @@ class _Priced(_CustomerEnvelope):
     currency: Currency
 
 
-# --- §3.2 core -------------------------------------------------------------
+# --- core types (leads, deals, tickets, surveys) -------------------------------------------------------------
 
 
 class LeadCreated(Envelope):
@@ -288,7 +288,7 @@ class SurveySubmitted(_CustomerEnvelope):
         return self
 
 
-# --- §3.3 full catalog -----------------------------------------------------
+# --- the rest of the catalog -----------------------------------------------------
 
 
 class LeadQualified(Envelope):
@@ -453,7 +453,7 @@ CORE_MODELS: Final[tuple[type[Envelope], ...]] = (
     TicketAnswered,
     SurveySubmitted,
 )
-"""Model classes of the §3.2 core types, in table order."""
+"""Model classes of the core types, in table order."""
 
 CATALOG_MODELS: Final[tuple[type[Envelope], ...]] = (
     LeadQualified,
@@ -473,7 +473,7 @@ CATALOG_MODELS: Final[tuple[type[Envelope], ...]] = (
     MarketingSpend,
     ActivityLogged,
 )
-"""Model classes of the §3.3 types beyond the core."""
+"""Model classes of the types beyond the core."""
 
 MODELS: Final[tuple[type[Envelope], ...]] = CORE_MODELS + CATALOG_MODELS
 """Every event model class."""
@@ -514,7 +514,7 @@ TOPIC_FAMILY: Final[dict[str, str]] = {
 """Event type -> topic family, without the configurable `crm.` prefix."""
 
 EVENT_TYPES: Final[tuple[str, ...]] = tuple(TOPIC_FAMILY)
-"""Every event type string (§3.2 and §3.3)."""
+"""Every event type string."""
 
 CORE_TYPES: Final[tuple[str, ...]] = (
     "lead.created",
@@ -526,7 +526,7 @@ CORE_TYPES: Final[tuple[str, ...]] = (
     "ticket.answered",
     "survey.submitted",
 )
-"""The event types of §3.2 (the core KPI families)."""
+"""The core event types (the four KPI families: leads, deals, tickets, surveys)."""
 
 event_adapter: Final[TypeAdapter[Event]] = TypeAdapter(Event)
 """Validator of any event; built once at import (schema compilation is slow)."""

@@ -1,4 +1,4 @@
-"""The CRM KPI stream processor: worker, exporter and command line (SPEC §1).
+"""The CRM KPI stream processor: worker, exporter and command line (README.md).
 
 Public surface: the settings, the KPI registry, and the entry points. Everything
 else in the package is internal.

@@ -1,4 +1,4 @@
-"""The `crm-kpi` command line (SPEC §7)."""
+"""The `crm-kpi` command line (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def kpis(as_json: bool) -> None:
 @click.option("--top", type=int, default=None, help="Only the N customers with the most points.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def at_risk(top: int | None, as_json: bool) -> None:
-    """List the customers at churn risk (SPEC §5.2) with their points and reasons."""
+    """List the customers at churn risk with their points and reasons."""
     import time
     from datetime import UTC, datetime
 
@@ -182,7 +182,7 @@ _INCIDENT_HELP = "Make alerts fire on purpose (repeatable): first answers ~6x sl
               help="Random seed (same seed and --start: same events); random if not given.")
 @click.option("--start", default=None, help="RFC 3339 event time of the first event (past: backfill). Default: now.")
 @click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
-@click.option("--core-only", is_flag=True, help="Only the core event types (SPEC §3.2).")
+@click.option("--core-only", is_flag=True, help="Only the core event types (leads, deals, tickets, surveys).")
 def simulate(
     rate: float, customers: int, duration: str | None, events: int | None, seed: int | None,
     start: str | None, incidents: tuple[str, ...], core_only: bool,

@@ -1,4 +1,4 @@
-"""`crm-kpi demo`: the embedded default (SPEC §2, §7) in one command.
+"""`crm-kpi demo`: the embedded default (docs/configuration.md) in one command.
 
 It starts, on 127.0.0.1 and free ports (unless given):
 

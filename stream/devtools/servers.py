@@ -1,4 +1,4 @@
-"""The embedded default (SPEC §2): a Tansu broker and a Redis server on loopback.
+"""The embedded default (docs/configuration.md): a Tansu broker and a Redis server on loopback.
 
 Used by `crm-kpi demo`, the test suite and the benchmark. Each server runs as a
 child process on a free port (or a given one) and is stopped with its handle.

@@ -61,7 +61,7 @@ def parse_start(text: str) -> datetime:
 
 
 def event_key(event: dict[str, Any]) -> bytes:
-    """The message key (SPEC §3.1): customer_id, else the event's own id."""
+    """The message key (docs/events.md): customer_id, else the event's own id."""
     return str(event.get("customer_id") or event["event_id"]).encode()
 
 

@@ -1,4 +1,4 @@
-"""A realistic, deterministic synthetic CRM event stream (SPEC §3, `crm-kpi simulate`).
+"""A realistic, deterministic synthetic CRM event stream (docs/events.md, `crm-kpi simulate`).
 
 Pure Python and no I/O: `generate()` yields plain JSON-ready dicts, one per
 event, in non-decreasing `occurred_at` order. Everything random comes from one
@@ -50,7 +50,7 @@ INCIDENTS: Final[frozenset[str]] = frozenset({"slow-responses", "churn-spike"})
 """Incident names `SimConfig.incidents` accepts."""
 
 SLA_SECONDS: Final[dict[str, int]] = {"urgent": 15 * 60, "high": 3600, "normal": 4 * 3600, "low": 24 * 3600}
-"""The default first-response SLA per priority (SPEC §5.1)."""
+"""The default first-response SLA per priority (docs/kpi-definitions.md)."""
 
 _US: Final = 1_000_000
 _MIN: Final = 60.0
@@ -167,7 +167,7 @@ class SimConfig:
     incidents: frozenset[str] = field(default_factory=frozenset)
     """Any of INCIDENTS: "slow-responses" (first answers ~6x slower), "churn-spike" (churn ~10x, NPS down)."""
     catalog: bool = True
-    """Include the §3.3 types besides the §3.2 core."""
+    """Include the full catalog's types besides the core ones."""
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -450,7 +450,7 @@ class _Simulation:
                 fields["ticket_opened_at"] = self._ts(opened_us)
             self._push(at, "ticket.answered", "helpdesk", fields)
 
-        # A chatbot's instant reply (chat and web more often); not a response (§3.2).
+        # A chatbot's instant reply (chat and web more often); not a response (docs/kpi-definitions.md).
         if self.rng.random() < (0.35 if channel in ("chat", "web") else 0.05):
             answer(t + self._lognormal(20.0, 0.8), author="bot")
         median, sigma = _ANSWER_FRACTION[priority]

@@ -1,4 +1,4 @@
-"""Bytes to a typed event, or a dead-letter reason (SPEC §3.4). Pure, no I/O."""
+"""Bytes to a typed event, or a dead-letter reason (docs/events.md). Pure, no I/O."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def decode(raw: bytes | None, family: str, now_us: int, max_bytes: int, max_skew
     """Validate one record's value from the topic of `family` ('tickets', …).
 
     Valid JSON is validated in one pass by pydantic; only a failure pays for
-    working out which §3.4 reason applies.
+    working out which dead-letter reason applies.
     """
     if raw is None:
         return Rejection("invalid_json", "empty record value (tombstone)")

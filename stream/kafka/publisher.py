@@ -40,7 +40,7 @@ class PublishSummary:
 
 
 def message_key(event: Any) -> bytes:
-    """The recommended message key (SPEC §3.1): customer_id, else the event's own id."""
+    """The recommended message key (docs/events.md): customer_id, else the event's own id."""
     return str(getattr(event, "customer_id", None) or event.event_id).encode()
 
 

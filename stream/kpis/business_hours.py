@@ -1,4 +1,4 @@
-"""Business-hours clock (SPEC §5.2): elapsed time counting only working hours. Pure.
+"""Business-hours clock (docs/kpi-definitions.md): elapsed time counting only working hours. Pure.
 
 A `Schedule` is a time zone, weekly opening intervals in local wall-clock time
 and holiday dates (local). `business_seconds(start_us, end_us, schedule)` sums

@@ -1,4 +1,4 @@
-"""Per-customer churn-risk points over a trailing 30 days (SPEC §5.2). Pure.
+"""Per-customer churn-risk points over a trailing 30 days (docs/kpi-definitions.md). Pure.
 
 Points, each counted per occurrence within the 30 days before the moment of
 reading: complaint ticket 2, cancellation ticket 3, each ticket beyond the

@@ -1,4 +1,4 @@
-"""The dead-letter topic (SPEC §3.4): original bytes plus headers saying why."""
+"""The dead-letter topic (docs/events.md): original bytes plus headers saying why."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The worker's operational metrics (SPEC §5.3), on its own registry.
+"""The worker's operational metrics (docs/kpi-definitions.md), on its own registry.
 
 Counters are incremented once per batch with pre-summed values: no per-event
 label look-ups on the hot path.

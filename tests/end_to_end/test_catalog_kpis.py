@@ -1,6 +1,6 @@
-"""End to end for the full catalog (SPEC §3.3, §5.2): Kafka, a real worker, Redis, a real exporter.
+"""End to end for the full catalog (full-catalog types and metrics): Kafka, a real worker, Redis, a real exporter.
 
-Every §5.2 series scraped from the exporter is compared with hand-computed values
+Every full-catalog series scraped from the exporter is compared with hand-computed values
 (comments per block), with the issue's edge cases: reopened tickets, deals changing
 stage then won, invoices paid before and after due_at, churn with acquisitions in the
 same window, customers crossing the churn-risk threshold and falling back under it,
@@ -410,7 +410,7 @@ async def test_every_catalog_series_is_exact(stack: Any, redis: Any, kafka_boots
             assert got[series] == pytest.approx(value, rel=0.02), series
         else:
             assert got[series] == pytest.approx(value, rel=1e-9, abs=1e-9), series
-    assert {name for name, _ in want} == CATALOG  # every §5.2 metric is asserted
+    assert {name for name, _ in want} == CATALOG  # every full-catalog metric is asserted
 
     # crm-kpi at-risk: the right customers, points and reasons; r6 falls under at NOW + 10 min.
     rows = json.loads(crm_kpi(env, "at-risk", "--json"))

@@ -1,6 +1,6 @@
 """End to end: events through Kafka, a real `crm-kpi worker`, Redis, and a real exporter.
 
-Every §5.1 series scraped from the exporter is compared with hand-computed values.
+Every core series scraped from the exporter is compared with hand-computed values.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exactness under failure (SPEC §6): a worker killed mid-stream, Redis going away."""
+"""Exactness under failure (docs/delivery.md): a worker killed mid-stream, Redis going away."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ FULL_CATALOG = frozenset(m.name for m in METRICS if not m.core)
 def make_stream(now: datetime) -> dict[str, list[dict[str, Any]]]:
     """Events relative to `now`, per topic family.
 
-    Every §5.1 KPI gets a series in the 1h window; tickets U1, U2 (urgent, ~3h old),
+    Every core KPI gets a series in the 1h window; tickets U1, U2 (urgent, ~3h old),
     H1 (high, 2h old) and N1 (normal, 5h old) were never answered: the incident.
     """
     ids = iter(range(1, 10**6))

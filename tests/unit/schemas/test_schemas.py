@@ -1,4 +1,4 @@
-"""The producers' event models (SPEC §3.1–§3.4): what they accept, reject and export."""
+"""The producers' event models (docs/events.md): what they accept, reject and export."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_customer_id_only_where_the_tables_say() -> None:
     assert rejects(without(event("lead.converted"), "customer_id")) == "missing"
 
 
-# --- envelope (§3.1) --------------------------------------------------------------
+# --- envelope --------------------------------------------------------------
 
 
 def test_unknown_extra_fields_are_ignored() -> None:
