@@ -1,4 +1,4 @@
-"""The `crm-kpi` command line: one click group (`main`), tables for the read commands (`tables`)."""
+"""The `crm-kpi` command line: one click group of commands (`commands`)."""
 
 from stream.cli.commands import main
 

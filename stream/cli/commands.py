@@ -102,7 +102,7 @@ def kpis(as_json: bool) -> None:
     """Print the current KPIs (every window) as a table."""
     from rich.console import Console
 
-    from stream.cli.tables import kpi_rows, kpi_table
+    from stream.exporter.tables import kpi_rows, kpi_table
     from stream.exporter.collector import snapshot, sync_redis
 
     settings = _settings()

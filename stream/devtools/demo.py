@@ -222,7 +222,7 @@ def _fmt(metric: str, value: float) -> str:
 
 
 def _series(snap: Snapshot) -> dict[str, list[tuple[dict[str, str], str, float]]]:
-    from stream.cli.tables import kpi_rows
+    from stream.exporter.tables import kpi_rows
 
     out: dict[str, list[tuple[dict[str, str], str, float]]] = defaultdict(list)
     for row in kpi_rows(snap):
@@ -273,7 +273,7 @@ def _status(state: _State, opts: DemoOptions, remaining: float | None) -> str:
 async def _live_view(settings: Settings, opts: DemoOptions, state: _State, console: Console) -> Snapshot | None:
     from rich.live import Live
 
-    from stream.cli.tables import kpi_table
+    from stream.exporter.tables import kpi_table
     from stream.exporter.collector import snapshot, sync_redis
 
     loop = asyncio.get_running_loop()
@@ -444,7 +444,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         for signum, old in handlers.items():
             signal.signal(signum, old)
     if snap is not None and not console.is_terminal:
-        from stream.cli.tables import kpi_table
+        from stream.exporter.tables import kpi_table
 
         console.print((kpi_table if opts.full_table else headline_table)(snap))
     stats = state.stats

@@ -1,4 +1,4 @@
-"""`crm-kpi exporter`: a Prometheus collector reading the KPIs from Redis at scrape time."""
+"""Reading the KPIs out: the Prometheus collector of `crm-kpi exporter` (`collector`), tables for terminals (`tables`)."""
 
 from stream.exporter.collector import KpiCollector, kpi_samples, run_exporter, snapshot, sync_redis
 

@@ -1,4 +1,4 @@
-"""`crm-kpi kpis`: the current KPIs as a table or JSON."""
+"""The KPI samples for people: rows for `crm-kpi kpis --json`, a rich table for `crm-kpi kpis` and the demo."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from stream.exporter.collector import kpi_samples
 from stream.store import Snapshot
 
 __all__ = ["kpi_rows", "kpi_table"]
@@ -13,8 +14,6 @@ __all__ = ["kpi_rows", "kpi_table"]
 
 def kpi_rows(snap: Snapshot) -> list[dict[str, Any]]:
     """Every series as {'metric', 'labels', 'value'} (the --json output)."""
-    from stream.exporter.collector import kpi_samples
-
     return [{"metric": name, "labels": labels, "value": value} for name, labels, value in kpi_samples(snap)]
 
 
