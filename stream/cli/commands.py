@@ -102,8 +102,8 @@ def kpis(as_json: bool) -> None:
     """Print the current KPIs (every window) as a table."""
     from rich.console import Console
 
-    from stream.exporter.tables import kpi_rows, kpi_table
     from stream.exporter.collector import snapshot, sync_redis
+    from stream.exporter.tables import kpi_rows, kpi_table
 
     settings = _settings()
     snap = snapshot(sync_redis(settings), settings)

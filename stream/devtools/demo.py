@@ -273,8 +273,8 @@ def _status(state: _State, opts: DemoOptions, remaining: float | None) -> str:
 async def _live_view(settings: Settings, opts: DemoOptions, state: _State, console: Console) -> Snapshot | None:
     from rich.live import Live
 
-    from stream.exporter.tables import kpi_table
     from stream.exporter.collector import snapshot, sync_redis
+    from stream.exporter.tables import kpi_table
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
