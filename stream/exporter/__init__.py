@@ -1,4 +1,4 @@
-"""Reading the KPIs out: the Prometheus collector of `crm-kpi exporter` (`collector`), tables for terminals (`tables`)."""
+"""Reading the KPIs out: the Prometheus collector of `crm-kpi exporter`, and tables for terminals."""
 
 from stream.exporter.collector import KpiCollector, kpi_samples, run_exporter, snapshot, sync_redis
 
