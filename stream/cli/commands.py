@@ -168,7 +168,7 @@ def schemas_export(directory: Path, topic_prefix: str) -> None:
 # --- simulate -------------------------------------------------------------------
 
 
-_INCIDENTS = ("churn-spike", "slow-responses")  # stream.simulator.INCIDENTS (checked by a test)
+_INCIDENTS = ("churn-spike", "slow-responses")  # stream.devtools.synthetic_crm.INCIDENTS (checked by a test)
 _INCIDENT_HELP = "Make alerts fire on purpose (repeatable): first answers ~6x slower, or churn ~10x."
 
 

@@ -1,4 +1,4 @@
-"""The synthetic event generator (stream/simulator.py): determinism, validity, mix, time order, incidents."""
+"""The synthetic event generator (stream/devtools/synthetic_crm.py): determinism, validity, mix, time order, incidents."""
 
 from __future__ import annotations
 
