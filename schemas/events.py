@@ -5,6 +5,10 @@ must be JSON strings, integers JSON integers, booleans JSON booleans.
 Timestamps are RFC 3339 strings with an offset, returned as aware UTC
 datetimes; amounts are JSON numbers >= 0, returned as `Decimal` built from the
 number's shortest text form (0.1 stays Decimal("0.1")).
+
+One module on purpose, though long: it is the one concept "what an event may look
+like", 24 small models over one shared envelope and field types, read by producers
+side by side with docs/events.md.
 """
 
 from __future__ import annotations

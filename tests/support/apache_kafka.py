@@ -22,6 +22,9 @@ with their own properties; their ports are free ones, fixed for the broker's lif
 
 Every method is synchronous (it waits for the broker by polling a Metadata request);
 from a coroutine, call the slow ones through `asyncio.to_thread(kafka.restart)`.
+
+One module, though long: it is one concept (a broker process: its configuration,
+storage format, start, readiness probe, crash and restart) that no other module shares.
 """
 
 from __future__ import annotations
