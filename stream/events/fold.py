@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.events.entities import Contribution, EntityKind
+from stream.events.entities import Contribution, EntityKind, EntityState
 from stream.events.windows import US, Window
 
 __all__ = ["BatchDelta", "FoldContext", "FoldMemo", "FoldRules", "entity_keys", "fold"]
@@ -61,7 +61,7 @@ class BatchDelta:
     distinct: dict[tuple[str, int, str], dict[str, int]] = field(default_factory=dict)
     entity_writes: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     # The written states and what they contribute, for FoldMemo.remember after the write.
-    contributions: dict[str, tuple[Any, Contribution]] = field(default_factory=dict)
+    contributions: dict[str, tuple[EntityState, Contribution]] = field(default_factory=dict)
     persistent: set[str] = field(default_factory=set)  # entity keys written without TTL
     zadd: dict[tuple[str, str], float] = field(default_factory=dict)
     zrem: set[tuple[str, str]] = field(default_factory=set)
@@ -83,7 +83,7 @@ class FoldMemo:
 
     def __init__(self, limit: int = 20_000) -> None:
         self.limit = limit
-        self.entries: dict[str, tuple[str, Any, Contribution]] = {}  # key -> (raw, state, contribution)
+        self.entries: dict[str, tuple[str, EntityState, Contribution]] = {}  # key -> (raw, state, contribution)
 
     def remember(self, delta: BatchDelta) -> None:
         """Record the entity states `delta` wrote (call once Redis accepted it)."""
@@ -206,7 +206,7 @@ def fold(
     rules = ctx.rules
     counters_of, members_of, config = rules.counters, rules.members, rules.config
     # key -> (state read, state now, entity id, what the state read contributes if the memo knows it)
-    touched: dict[str, tuple[Any, Any, str, Contribution | None]] = {}
+    touched: dict[str, tuple[EntityState, EntityState, str, Contribution | None]] = {}
     kinds = _kinds_with_prefix(rules, ctx.entity_prefix)
     processed = delta.processed
     newest = -1
