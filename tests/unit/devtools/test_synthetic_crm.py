@@ -1,4 +1,4 @@
-"""The synthetic event generator (stream/devtools/synthetic_crm.py): determinism, validity, mix, time order, incidents."""
+"""The synthetic event generator (stream/devtools/synthetic_crm.py): determinism, validity, mix, order."""
 
 from __future__ import annotations
 
