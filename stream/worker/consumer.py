@@ -122,7 +122,11 @@ class BatchConsumer(Service):
         keys = Keys(s.redis_key_prefix)
         self._store = AsyncStore(self._redis, keys, s.dedupe_horizon, s.state_ttl)
         kafka = s.kafka_client_options()
-        self._producer = AIOKafkaProducer(**kafka, acks="all", enable_idempotence=False, linger_ms=5)
+        # Dead letters: aiokafka holds one batch per partition and waits for it to be sent once
+        # full, so 16 KB batches (the default) cost a round trip per large invalid record.
+        self._producer = AIOKafkaProducer(
+            **kafka, acks="all", enable_idempotence=False, linger_ms=5, max_batch_size=1 << 20
+        )
         await self._producer.start()
         self._probe = LogProbe(kafka)
         await self._probe.start()
