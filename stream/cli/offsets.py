@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.table import Table
 
-from stream.kafka.logs import LogProbe, Verdict, judge, needs_record
+from stream.kafka.logs import LogProbe, Verdict, fetch_target, judge, needs_record
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys
 
@@ -104,32 +104,30 @@ async def read_offsets(
             committed = {}
     finally:
         await admin.close()
+    fields = {f"{tp.topic}:{tp.partition}": tp for tp in partitions}
+    marks = await store.load_marks(fields)
+    gaps = await store.load_gaps(fields)
+    targets = {tp: fetch_target(marks[f]) for f, tp in fields.items()}
     probe = LogProbe(settings.kafka_client_options())
     await probe.start()
     try:
-        bounds = await probe.bounds(partitions)
-        fields = {f"{tp.topic}:{tp.partition}": tp for tp in partitions}
-        marks = await store.load_marks(fields)
-        gaps = await store.load_gaps(fields)
-        wanted = {
-            tp: off for f, tp in fields.items() if (off := needs_record(marks[f], *bounds[tp])) is not None
-        }
-        found = await probe.records_at(wanted)
+        views = await probe.inspect(targets)
     finally:
         await probe.stop()
     out = []
     for f, tp in fields.items():
-        meta = committed.get(tp)
+        meta, view, mark = committed.get(tp), views[tp], marks[f]
+        checked = needs_record(mark, view.start, view.end) == targets[tp]
         out.append(
             PartitionState(
                 tp.topic,
                 tp.partition,
-                marks[f].next,
-                bounds[tp][0],
-                bounds[tp][1],
+                mark.next,
+                view.start,
+                view.end,
                 meta.offset if meta is not None and meta.offset >= 0 else None,
                 gaps.get(f, (0, 0.0))[0],
-                judge(marks[f], *bounds[tp], found.get(tp)).value,
+                judge(mark, view.start, view.end, view.record if checked else None).value,
             )
         )
     return out

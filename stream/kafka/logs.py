@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from stream.store import LogMark
 
-__all__ = ["Fingerprint", "LogProbe", "Verdict", "judge", "needs_record"]
+__all__ = ["Fingerprint", "LogProbe", "LogView", "Verdict", "fetch_target", "judge", "needs_record"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,28 @@ def judge(mark: LogMark, start: int, end: int, found: Fingerprint | None = None)
     return Verdict.OK
 
 
+@dataclass(frozen=True)
+class LogView:
+    """What the broker says of one partition's log."""
+
+    start: int
+    """The log start offset (records below it were deleted by retention, or never written)."""
+    end: int
+    """The log end offset (the high watermark): the next offset to be written."""
+    record: Fingerprint | None
+    """The record at the offset asked for, if the log holds one there."""
+    fetched: bool
+    """True when a fetch answered for the partition (with records, none, or "out of range")."""
+
+
+def fetch_target(mark: LogMark) -> int:
+    """The offset to read a partition at: its last applied record (to compare it), else its next one."""
+    last = Fingerprint.parse(mark.last)
+    if mark.next is not None and last is not None:
+        return last.offset
+    return mark.next or 0
+
+
 class LogProbe:
     """A group-less consumer that reads log bounds and the record at a given offset."""
 
@@ -114,8 +136,9 @@ class LogProbe:
             enable_auto_commit=False,
             auto_offset_reset="none",
             fetch_max_wait_ms=100,
-            # One record per partition is wanted; the broker still returns a whole record batch.
-            max_partition_fetch_bytes=256 * 1024,
+            # One record per partition is wanted, but a partition's answer is cut at this size and a
+            # cut record batch cannot be read: as large as the worker's own fetches.
+            max_partition_fetch_bytes=8 * 1024 * 1024,
             request_timeout_ms=request_timeout_ms,
         )
         self._lock = asyncio.Lock()
@@ -126,50 +149,61 @@ class LogProbe:
     async def stop(self) -> None:
         await self._consumer.stop()
 
-    async def bounds(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
-        """(log start offset, log end offset) per partition; raises KafkaError when the broker cannot say."""
-        if not partitions:
-            return {}
-        async with self._lock:
-            begin = await self._consumer.beginning_offsets(list(partitions))
-            end = await self._consumer.end_offsets(list(partitions))
-        return {tp: (begin[tp], end[tp]) for tp in partitions}
+    async def inspect(
+        self, targets: Mapping[TopicPartition, int], timeout_s: float = 10.0
+    ) -> dict[TopicPartition, LogView]:
+        """Each partition's log bounds, and the record at its target offset (or at the log start if below).
 
-    async def records_at(
-        self, wanted: Mapping[TopicPartition, int], timeout_s: float = 10.0
-    ) -> dict[TopicPartition, Fingerprint | None]:
-        """The fingerprint of the record at each wanted offset; None where the log has no record there.
-
-        A partition missing from the result could not be read within `timeout_s`.
+        The end offset is the high watermark of a fetch, not only ListOffsets' answer: some
+        Kafka-compatible brokers (Tansu) answer ListOffsets "latest" wrongly. A partition no
+        fetch answered within `timeout_s` keeps ListOffsets' end, with `fetched` False.
+        Raises KafkaError when the broker cannot give the bounds.
         """
-        if not wanted:
+        if not targets:
             return {}
-        found: dict[TopicPartition, Fingerprint | None] = {}
+        tps = list(targets)
         async with self._lock:
             consumer = self._consumer
-            consumer.assign(list(wanted))
+            begin = await consumer.beginning_offsets(tps)
+            end = await consumer.end_offsets(tps)
+            at = {tp: max(offset, begin[tp]) for tp, offset in targets.items()}
+            found: dict[TopicPartition, Fingerprint | None] = {}  # partitions a fetch answered for
+            consumer.assign(tps)
             try:
-                for tp, offset in wanted.items():
+                for tp, offset in at.items():
                     consumer.seek(tp, offset)
                 deadline = time.monotonic() + timeout_s
-                while len(found) < len(wanted) and time.monotonic() < deadline:
-                    pending = [tp for tp in wanted if tp not in found]
+                while len(found) < len(tps) and time.monotonic() < deadline:
+                    pending = [tp for tp in tps if tp not in found]
                     try:
                         batch = await consumer.getmany(*pending, timeout_ms=200)
                     except OffsetOutOfRangeError as exc:
                         for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}:
-                            found[tp] = None  # deleted (or never written) since the bounds were read
+                            found[tp] = None  # the log ends below (or starts above) the offset
+                            consumer.pause(tp)
                         continue
                     except KafkaError:
+                        # E.g. a record batch larger than a fetch (aiokafka then steps past it): read again.
+                        for tp in pending:
+                            consumer.seek(tp, at[tp])
                         await asyncio.sleep(0.2)
                         continue
-                    for tp, records in batch.items():
-                        if tp in found or not records:
+                    for tp in pending:
+                        records = batch.get(tp)
+                        if records:
+                            # The first record at or after the offset: another offset means none there.
+                            first = records[0]
+                            found[tp] = Fingerprint.of(first) if first.offset == at[tp] else None
+                        elif consumer.highwater(tp) is not None:
+                            found[tp] = None  # a fetch answered with no record there
+                        else:
                             continue
-                        # The first record at or after the offset: another offset means the log has none there.
-                        first = records[0]
-                        found[tp] = Fingerprint.of(first) if first.offset == wanted[tp] else None
                         consumer.pause(tp)
+                highwater = {tp: consumer.highwater(tp) for tp in tps}
             finally:
                 consumer.assign([])
-        return found
+        out = {}
+        for tp in tps:
+            hw = highwater[tp]
+            out[tp] = LogView(begin[tp], hw if hw is not None else end[tp], found.get(tp), tp in found)
+        return out

@@ -76,6 +76,7 @@ class AsyncStore:
         self.state_ttl_s = state_ttl_s
         self._apply = client.register_script(lua_script("apply.lua"))
         self._anchor = client.register_script(lua_script("anchor.lua"))
+        self._marks = client.register_script(lua_script("marks.lua"))
 
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
         """Next offset to apply per 'topic:partition' field, for those Redis knows."""
@@ -86,14 +87,11 @@ class AsyncStore:
         return {f: int(v) for f, v in zip(fields, values, strict=True) if v is not None}
 
     async def load_marks(self, fields: Iterable[str]) -> dict[str, LogMark]:
-        """Offset and last-record fingerprint per 'topic:partition' field, read in one transaction."""
+        """Offset and last-record fingerprint per 'topic:partition' field, read in one atomic step."""
         fields = list(fields)
         if not fields:
             return {}
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hmget(self.keys.offsets, fields)
-            pipe.hmget(self.keys.log_marks, fields)
-            offsets, marks = await pipe.execute()
+        offsets, marks = await self._marks(keys=[self.keys.offsets, self.keys.log_marks], args=fields)
         return {
             f: LogMark(int(o) if o is not None else None, as_text(m) if m is not None else None)
             for f, o, m in zip(fields, offsets, marks, strict=True)

@@ -27,7 +27,7 @@ from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
 from stream.events.windows import make_windows
-from stream.kafka.logs import Fingerprint, LogProbe, Verdict, judge, needs_record
+from stream.kafka.logs import LogProbe, Verdict, fetch_target, judge, needs_record
 from stream.kafka.topics import MissingTopicsError, require_topics
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys, LogMark
@@ -142,6 +142,9 @@ class BatchConsumer(Service):
             max_partition_fetch_bytes=8 * 1024 * 1024,
             # A Redis outage pauses polling; stay in the group meanwhile.
             max_poll_interval_ms=30 * 60 * 1000,
+            # A topic deleted and created again (or created after the worker started) is seen at
+            # the next metadata refresh: 15 s rather than aiokafka's 5 minutes.
+            metadata_max_age_ms=15_000,
         )
         self._processor = BatchProcessor(
             s,
@@ -351,6 +354,7 @@ class BatchConsumer(Service):
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Resume each new partition where Redis says it was applied up to (after checking its log)."""
+        log.info("assigned %d partition(s)", len(assigned))
         async with self._lock:
             await self._resync("partitions assigned")
 
@@ -387,17 +391,20 @@ class BatchConsumer(Service):
             raw = await asyncio.wait_for(self._store.load_marks(list(fields)), timeout=5.0)
         marks = {tp: raw[f] for f, tp in fields.items()}
         probe = self._probe
-        bounds = await self._kafka(lambda: probe.bounds(partitions), "read log offsets", retry)
-        wanted = {tp: off for tp in partitions if (off := needs_record(marks[tp], *bounds[tp])) is not None}
-        found = await probe.records_at(wanted) if wanted else {}
+        targets = {tp: fetch_target(marks[tp]) for tp in partitions}
+        views = await self._kafka(lambda: probe.inspect(targets), "read the logs", retry)
         verdicts: dict[TopicPartition, Verdict] = {}
+        bounds: dict[TopicPartition, tuple[int, int]] = {}
         for tp in partitions:
-            if tp in wanted and tp not in found:
-                # The broker did not return the record in time: compare what can be compared.
-                log.warning("could not read %s at offset %d to check it; checked its bounds only", tp, wanted[tp])
-                verdicts[tp] = judge(marks[tp], *bounds[tp], Fingerprint.parse(marks[tp].last))
-            else:
-                verdicts[tp] = judge(marks[tp], *bounds[tp], found.get(tp))
+            view, mark = views[tp], marks[tp]
+            bounds[tp] = (view.start, view.end)
+            checked = needs_record(mark, view.start, view.end) == targets[tp]
+            verdict = judge(mark, view.start, view.end, view.record if checked else None)
+            if verdict.blocks and not view.fetched:
+                # No fetch answered in time: never pause a partition on a guess; the next resync checks again.
+                log.warning("could not read %s to check its log (%s); resuming from Redis's offset", tp, verdict.value)
+                verdict = Verdict.OK if mark.next is not None and mark.next >= view.start else verdict
+            verdicts[tp] = verdict
         return verdicts, marks, bounds
 
     async def _act(
