@@ -274,12 +274,14 @@ async def test_recreated_topic_pauses_its_partitions_until_an_operator_reanchors
     """Topics deleted and recreated under a running worker, then refilled past the old offsets.
 
     Nothing of the new logs may be skipped silently: the partitions pause with a metric and an
-    ERROR line; `crm-kpi offsets show` tells; `crm-kpi offsets reset --to-log-start` re-anchors;
-    the worker resumes by itself and every figure is exact (old stream + new stream).
+    ERROR line; `crm-kpi offsets show` tells; `crm-kpi offsets reset` re-anchors each partition
+    at its log start (or, for one, at its end: those records are skipped and reported as a gap);
+    the worker resumes by itself and every figure is exact.
     """
     seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    rnd = random.Random(seed)
     now = datetime.now(UTC)
-    events, stream = make_stream(9_000, seed=seed, now=now)
+    _, stream = make_stream(9_000, seed=seed, now=now)
     old_published, new_published = stream[:3_000], stream[3_000:]
     env = _env(apache_kafka.bootstrap, redis_url, prefix)
     old_ends = await _publish(env, old_published)
@@ -316,20 +318,35 @@ async def test_recreated_topic_pauses_its_partitions_until_an_operator_reanchors
         states = {(r["topic"], r["partition"]): r for r in json.loads(show.stdout)}
         assert {k for k, r in states.items() if r["verdict"] in ("log_behind", "log_replaced")} >= behind
 
+        # One partition's new records are a replay the KPIs already hold: skip them (--to-log-end);
+        # every other partition applies its new log from the start.
+        skipped = sorted(behind)[rnd.randrange(len(behind))]
         topics = sorted({t for t, _ in behind})
-        args = [x for t in topics for x in ("--topic", t)]
+        args = [x for t in topics if t != skipped[0] for x in ("--topic", t)]
+        others = [str(p) for t, p in sorted(behind) if t == skipped[0] and p != skipped[1]]
         dry = crm_kpi(env, "offsets", "reset", *args, "--to-log-start", "--dry-run")
         assert dry.returncode == 0 and "would set" in dry.stdout, dry.stdout + dry.stderr
         stored = await redis.hgetall("{" + prefix + "}:offsets")
-        for (topic, partition) in behind:  # nothing of the new logs applied there: not even the dry run
+        for topic, partition in behind:  # nothing of the new logs applied there: not even the dry run
             tp = TopicPartition(topic, partition)
             assert int(stored[f"{topic}:{partition}".encode()]) == old_ends[tp], tp
-        reset = crm_kpi(env, "offsets", "reset", *args, "--to-log-start")
-        assert reset.returncode == 0, reset.stdout + reset.stderr
+        for argv in (
+            ["--topic", skipped[0], "--partition", str(skipped[1]), "--to-log-end"],
+            ["--topic", skipped[0], *(x for p in others for x in ("--partition", p)), "--to-log-start"],
+            [*args, "--to-log-start"],
+        ):
+            reset = crm_kpi(env, "offsets", "reset", *argv)
+            assert reset.returncode == 0, reset.stdout + reset.stderr
+            print(reset.stdout.strip())
         await wait_for(lambda: applied(redis, prefix, new_ends), 120, f"the new logs applied (seed {seed})")
-        assert_matches(
-            await exporter_figures(env, tmp_path / "exporter.log"), expected(events, now)
-        )
+        new_records = await read_all(apache_kafka.bootstrap, new_ends)
+        counted = old_published + [
+            json.loads(r.value) for r in new_records if (r.topic, r.partition) != skipped
+        ]
+        assert_matches(await exporter_figures(env, tmp_path / "exporter.log"), expected(_unique_of(counted), now))
+        ops = worker_metrics(env)
+        gap = metric_sum(ops, "crm_kpi_history_gap_records", topic=skipped[0], partition=str(skipped[1]))
+        assert gap == new_ends[TopicPartition(*skipped)], "the skipped records are reported as a gap"
         assert crm_kpi(env, "offsets", "show").returncode == 0
     finally:
         worker.stop()
