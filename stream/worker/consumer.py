@@ -182,50 +182,61 @@ class BatchConsumer(Service):
 
     @Service.task
     async def _consume(self) -> None:
+        while not self.should_stop:
+            try:
+                await self._step()
+            except Exception:
+                if self.should_stop:
+                    return  # stopping: on_stop closes the clients under the loop; its batch is finished there
+                raise
+
+    async def _step(self) -> None:
+        """Fetch one batch, prepare it, wait for the previous one, and send this one's write."""
         # Two batches in flight: while Redis runs batch N's atomic write, this
-        # loop fetches and decodes batch N+1. Batch N+1 reads entity states and
+        # step fetches and decodes batch N+1. Batch N+1 reads entity states and
         # fences offsets only after N is acknowledged, so exactness is unchanged.
         assert self._consumer is not None and self._processor is not None
         consumer, processor = self._consumer, self._processor
-        timeout = self.settings.batch_timeout_ms
-        limit = self.settings.batch_max_records
-        while not self.should_stop:
-            generation = self._generation
-            try:
-                batch = await consumer.getmany(timeout_ms=0 if self._inflight else timeout, max_records=limit)
-            except OffsetOutOfRangeError as exc:
-                # The log no longer holds the position: retention deleted it, or the log went backwards.
-                async with self._lock:
-                    await self._finish_inflight(resync=False)
-                    where = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-                    log.warning("fetch position outside the log on %s: checking the logs against Redis", _names(where))
-                    await self._resync("a fetch position outside the log")
-                continue
-            except NoOffsetForPartitionError:
-                # A new partition the fetcher reached before the assignment's resync sought it
-                # (the group never committed it): seek now unless that resync ran meanwhile.
-                async with self._lock:
-                    if generation == self._generation:
-                        await self._finish_inflight(resync=False)
-                        await self._resync("a partition without a position")
-                continue
+        generation = self._generation
+        try:
+            batch = await consumer.getmany(
+                timeout_ms=0 if self._inflight else self.settings.batch_timeout_ms,
+                max_records=self.settings.batch_max_records,
+            )
+        except OffsetOutOfRangeError as exc:
+            # The log no longer holds the position: retention deleted it, or the log went backwards.
             async with self._lock:
-                if generation != self._generation:
-                    continue  # fetched before a resync sought every partition: its records may not follow
-                spans = await self._spans(batch)
-                if spans is None:
-                    await self._resync("a partition left during a fetch")
-                    continue
-                batch = {tp: recs for tp, recs in batch.items() if tp in spans}
-                prepared = processor.prepare(batch, self._expected, spans) if batch else None
-                if not await self._finish_inflight():
-                    continue  # resynced from Redis: every partition was sought again, this batch is stale
-                if prepared is None or not prepared.ranges:
-                    continue
-                states = await processor.read_states(prepared)
-                task = asyncio.ensure_future(processor.apply(prepared, self._expected, states))
-                self._inflight = (task, list(batch))
-            await asyncio.sleep(0)  # let the write go out before decoding the next batch
+                await self._finish_inflight(resync=False)
+                where = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+                log.warning("fetch position outside the log on %s: checking the logs against Redis", _names(where))
+                await self._resync("a fetch position outside the log")
+            return
+        except NoOffsetForPartitionError:
+            # A new partition the fetcher reached before the assignment's resync sought it
+            # (the group never committed it): seek now unless that resync ran meanwhile.
+            async with self._lock:
+                if generation == self._generation:
+                    await self._finish_inflight(resync=False)
+                    await self._resync("a partition without a position")
+            return
+        async with self._lock:
+            if generation != self._generation:
+                return  # fetched before a resync sought every partition: its records may not follow
+            spans = await self._spans(batch)
+            if spans is None:
+                await self._finish_inflight(resync=False)
+                await self._resync("a partition left during a fetch")
+                return
+            batch = {tp: recs for tp, recs in batch.items() if tp in spans}
+            prepared = processor.prepare(batch, self._expected, spans) if batch else None
+            if not await self._finish_inflight():
+                return  # resynced from Redis: every partition was sought again, this batch is stale
+            if prepared is None or not prepared.ranges:
+                return
+            states = await processor.read_states(prepared)
+            task = asyncio.ensure_future(processor.apply(prepared, self._expected, states))
+            self._inflight = (task, list(batch))
+        await asyncio.sleep(0)  # let the write go out before decoding the next batch
 
     async def _spans(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, Span] | None:
         """Each fetched partition's (cursor before, position after) the batch, moving the cursors.
