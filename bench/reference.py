@@ -91,12 +91,13 @@ def expected(events: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
         if e["type"] == "deal.won":
             won[e["currency"]] += e["amount"]
     opened = {e["ticket_id"]: e for e in events if e["type"] == "ticket.opened"}
+    # An answer whose opening is unknown (and carries no ticket_opened_at) has no response time.
     responses = [
         (
             datetime.fromisoformat(e["occurred_at"]) - datetime.fromisoformat(opened[e["ticket_id"]]["occurred_at"])
         ).total_seconds()
         for e in events
-        if e["type"] == "ticket.answered"
+        if e["type"] == "ticket.answered" and e["ticket_id"] in opened
     ]
     answered = {e["ticket_id"] for e in events if e["type"] == "ticket.answered"}
     awaiting = Counter(t["priority"] for tid, t in opened.items() if tid not in answered)

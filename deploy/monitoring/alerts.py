@@ -212,6 +212,9 @@ def _pipeline_alerts(deployment: Deployment) -> tuple[Alert, ...]:
     event_lag = worker_metric("crm_event_lag_seconds")
     batch_buckets = worker_metric("crm_batch_seconds_bucket")
     redis_errors = worker_metric("crm_redis_errors_total")
+    redis_rewinds = worker_metric("crm_redis_rewinds_total")
+    log_mismatch = worker_metric("crm_kafka_log_mismatch")
+    history_gap = worker_metric("crm_kpi_history_gap_records")
     redis_up = exporter_metric("crm_exporter_redis_up")
     quiet = threshold("no_events_period")
     return (
@@ -328,6 +331,43 @@ def _pipeline_alerts(deployment: Deployment) -> tuple[Alert, ...]:
             ' ({{ $value | printf "%.2f" }}/s). It pauses and retries: nothing is lost, but'
             " the KPIs stop moving.",
             ("redis_errors_rate",),
+        ),
+        Alert(
+            "CrmKpiPartitionLogMismatch",
+            "pipeline",
+            f"max by (topic, partition, reason) ({log_mismatch}) == 1",
+            "1m",
+            "critical",
+            "Partition {{ $labels.topic }}:{{ $labels.partition }} is paused: its Kafka log is not the one"
+            " the KPIs counted.",
+            "The log of {{ $labels.topic }}:{{ $labels.partition }} does not hold the records Redis's"
+            " applied offset counts ({{ $labels.reason }}): the topic was recreated or truncated. The"
+            " workers paused the partition and skip nothing; its new events are not in the KPIs until"
+            " an operator runs `crm-kpi offsets reset`.",
+        ),
+        Alert(
+            "CrmKpiHistoryIncomplete",
+            "pipeline",
+            f"max by (topic, partition) ({history_gap}) > 0",
+            "0m",
+            "warning",
+            "KPI windows miss records of {{ $labels.topic }}:{{ $labels.partition }} for good.",
+            "{{ $value | humanize }} records of {{ $labels.topic }}:{{ $labels.partition }} will never be in the KPIs:"
+            " Kafka's retention deleted them before they were applied, Redis lost them with its data, or"
+            " an offsets reset skipped them. Windows covering them stay incomplete until the longest"
+            " window has passed.",
+        ),
+        Alert(
+            "CrmKpiRedisRewound",
+            "pipeline",
+            f"sum by (job, instance) (increase({redis_rewinds}[15m])) > 0",
+            "0m",
+            "warning",
+            "Redis lost applied writes; worker {{ $labels.instance }} re-applied them from Kafka.",
+            "Redis's applied offsets went back on partitions of the worker at {{ $labels.instance }} in the last"
+            " 15 minutes (a restart from an older snapshot or an empty Redis, a promoted replica, a restore). The"
+            " worker re-applied the records Kafka still holds: the figures are exact again unless"
+            " CrmKpiHistoryIncomplete fires too.",
         ),
     )
 

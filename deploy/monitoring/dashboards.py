@@ -238,6 +238,24 @@ def _pipeline_health(deployment: Deployment) -> Dashboard:
                 unit="ops",
                 width=12,
             ),
+            Panel(
+                "Logs and Redis going backwards",
+                (
+                    Query(f"count({worker_metric('crm_kafka_log_mismatch')} == 1) or vector(0)", "paused partitions"),
+                    Query(
+                        f"sum({worker_metric('crm_kpi_history_gap_records')}) or vector(0)",
+                        "records missing from the windows",
+                    ),
+                    Query(
+                        f"sum(increase({worker_metric('crm_redis_rewinds_total')}[1h])) or vector(0)",
+                        "partitions Redis lost (1h)",
+                    ),
+                ),
+                width=12,
+                description="Partitions paused because their Kafka log is not the one the KPIs counted"
+                " (recreated or truncated topic), records the KPIs miss for good, and partitions whose"
+                " applied records Redis lost and the workers re-applied (docs/failures.md).",
+            ),
         ),
     )
 

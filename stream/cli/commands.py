@@ -57,12 +57,119 @@ def topics() -> None:
 @topics.command("create")
 @click.option("--partitions", type=int, default=None, help="Overrides CRM_KPI_TOPIC_PARTITIONS.")
 def topics_create(partitions: int | None) -> None:
-    """Create the event topics and the dead-letter topic (existing ones are left alone)."""
-    from stream.kafka.topics import create_topics
+    """Create the event topics and the dead-letter topic (existing ones are left alone).
+
+    Exits 1 when an existing topic has another partition count than the setting.
+    """
+    from stream.kafka.topics import ensure_topics
 
     settings = _settings(topic_partitions=partitions)
-    created = asyncio.run(create_topics(settings))
+    report = asyncio.run(ensure_topics(settings))
+    created = report.created
     click.echo(f"created {len(created)} topic(s){': ' + ', '.join(created) if created else ''}")
+    for name, count in sorted(report.mismatched.items()):
+        click.echo(
+            f"crm-kpi: topic {name} has {count} partition(s), CRM_KPI_TOPIC_PARTITIONS is "
+            f"{settings.topic_partitions} (see docs/runbooks.md#topic-partition-count-differs)",
+            err=True,
+        )
+    if report.mismatched:
+        sys.exit(1)
+
+
+@cli.group()
+def offsets() -> None:
+    """Redis's applied offsets against the Kafka logs (a recreated or truncated topic)."""
+
+
+def _offsets_failed(exc: Exception) -> None:
+    click.echo(f"crm-kpi: could not read the offsets: {type(exc).__name__}: {exc}", err=True)
+    sys.exit(2)
+
+
+@offsets.command("show")
+@click.option("--topic", "topics", multiple=True, help="Only this topic (repeatable); default: every event topic.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def offsets_show(topics: tuple[str, ...], as_json: bool) -> None:
+    """Per partition: Redis's next offset, the log's start and end, lag, gaps, and whether the log matches.
+
+    Exits 1 when a partition's log is not the one Redis's offsets count (see `offsets reset`).
+    """
+    from rich.console import Console
+
+    from stream.cli.offsets import PartitionState, as_json_rows, offsets_table, read_offsets, store_for
+
+    settings = _settings()
+    _check_topics(settings, topics)
+
+    async def main() -> list[PartitionState]:
+        client, store = store_for(settings)
+        try:
+            return await read_offsets(settings, store, list(topics) or None)
+        finally:
+            await client.aclose()
+
+    try:
+        states = asyncio.run(main())
+    except Exception as exc:  # one line, whatever failed (Kafka, Redis, network)
+        _offsets_failed(exc)
+    if as_json:
+        click.echo(json.dumps(as_json_rows(states), indent=2))
+    else:
+        Console().print(offsets_table(states))
+    if any(s.lag is None for s in states):
+        sys.exit(1)
+
+
+@offsets.command("reset")
+@click.option("--topic", "topics", multiple=True, required=True, help="Topic to re-anchor (repeatable).")
+@click.option("--partition", "partitions", type=int, multiple=True, help="Only this partition (repeatable).")
+@click.option("--to-log-start", "to", flag_value="log-start", help="Apply every record the log holds now.")
+@click.option("--to-log-end", "to", flag_value="log-end", help="Skip every record the log holds now.")
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+def offsets_reset(topics: tuple[str, ...], partitions: tuple[int, ...], to: str | None, dry_run: bool) -> None:
+    """Re-anchor Redis's applied offsets of a topic at its log start or end (docs/runbooks.md).
+
+    For a topic that was recreated or truncated: the workers pause its partitions and
+    resume by themselves within seconds of the reset. Exits 1 if a partition changed
+    while the command ran (run it again).
+    """
+    from stream.cli.offsets import ResetResult, reset_offsets, store_for
+
+    if to is None:
+        raise click.UsageError("give --to-log-start or --to-log-end")
+    settings = _settings()
+    _check_topics(settings, topics)
+
+    async def main() -> list[ResetResult]:
+        client, store = store_for(settings)
+        try:
+            return await reset_offsets(
+                settings, store, topics, partitions or None, "log-start" if to == "log-start" else "log-end", dry_run
+            )
+        finally:
+            await client.aclose()
+
+    try:
+        results = asyncio.run(main())
+    except Exception as exc:  # one line, whatever failed (Kafka, Redis, network)
+        _offsets_failed(exc)
+    verb = "would set" if dry_run else "set"
+    for r in results:
+        before = "none" if r.before is None else str(r.before)
+        skipped = f"; {r.skipped} record(s) of the log will not be applied" if r.skipped else ""
+        changed = "" if dry_run or r.done else " FAILED: the offset changed meanwhile, run the command again"
+        click.echo(f"{r.field}: {verb} the applied offset {before} -> {r.after}{skipped}{changed}")
+    if not dry_run and not all(r.done for r in results):
+        sys.exit(1)
+
+
+def _check_topics(settings: Settings, topics: tuple[str, ...]) -> None:
+    unknown = sorted(set(topics) - set(settings.event_topics()))
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)} is not an event topic ({', '.join(settings.event_topics())})", param_hint="--topic"
+        )
 
 
 @cli.command()
@@ -75,6 +182,7 @@ def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
     from rich.progress import Progress
 
     from stream.kafka.publisher import publish_payloads, read_jsonl
+    from stream.kafka.topics import MissingTopicsError
 
     settings = _settings()
     console = Console(stderr=True)
@@ -91,7 +199,11 @@ def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
     started = time.monotonic()
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("publishing", total=len(good))
-        sent = asyncio.run(publish_payloads(settings, good, lambda n: progress.advance(task, n), rate))
+        try:
+            sent = asyncio.run(publish_payloads(settings, good, lambda n: progress.advance(task, n), rate))
+        except MissingTopicsError as exc:
+            console.print(f"crm-kpi: {exc}", markup=False)
+            sys.exit(1)
     elapsed = time.monotonic() - started
     console.print(f"published {sent}, skipped {len(bad)} invalid, {sent / elapsed if elapsed else 0:,.0f} events/s")
 
@@ -199,6 +311,7 @@ def simulate(
 
     from stream.devtools.simulate import parse_start, run_cli
     from stream.devtools.synthetic_crm import SimConfig
+    from stream.kafka.topics import MissingTopicsError
     from stream.settings import parse_duration
 
     settings = _settings()
@@ -221,7 +334,11 @@ def simulate(
         + (f", incidents {', '.join(sorted(incidents))}" if incidents else "")
         + f" -> {settings.topic('*')} on {settings.kafka_bootstrap_servers}"
     )
-    stats = run_cli(settings, config, first, events, duration_s, progress_bar=console.is_terminal)
+    try:
+        stats = run_cli(settings, config, first, events, duration_s, progress_bar=console.is_terminal)
+    except MissingTopicsError as exc:
+        console.print(f"crm-kpi: {exc}", markup=False)
+        sys.exit(1)
     top = ", ".join(f"{t} {n:,}" for t, n in stats.by_type.most_common(5))
     console.print(
         f"published {stats.published:,} events ({stats.backfilled:,} backfilled) in {stats.seconds:,.1f}s, "

@@ -123,6 +123,9 @@ async def simulate(
     (acks=all) before this returns. `on_progress` is called every few hundred
     events and whenever the run starts waiting for the clock.
     """
+    from stream.kafka.topics import require_topics
+
+    await require_topics(settings, settings.event_topics())  # clients never create topics
     stats = stats if stats is not None else SimulateStats()
     producer = AIOKafkaProducer(
         **settings.kafka_client_options(), acks="all", linger_ms=5, max_batch_size=1 << 20

@@ -70,7 +70,13 @@ async def publish_payloads(
     progress: Callable[[int], None] | None = None,
     rate: float | None = None,
 ) -> int:
-    """Send (type, key, value) to each type's topic; optional events/s pacing; returns count sent."""
+    """Send (type, key, value) to each type's topic; optional events/s pacing; returns count sent.
+
+    Raises MissingTopicsError (before sending anything) when an event topic does not exist.
+    """
+    from stream.kafka.topics import require_topics
+
+    await require_topics(settings, settings.event_topics())
     producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", linger_ms=10, max_batch_size=1 << 20)
     await producer.start()
     sent = 0

@@ -1,34 +1,86 @@
-"""`crm-kpi topics create`: the event topics and the dead-letter topic."""
+"""`crm-kpi topics create`: the event topics and the dead-letter topic; checks that they exist.
+
+Topics are created here and nowhere else: no client of the product asks the broker to
+create one (`stream.kafka.clients`), so a topic always has the configured partition count,
+or `crm-kpi topics create` says it has not.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from stream.settings import Settings
 
-__all__ = ["create_topics"]
+__all__ = ["MissingTopicsError", "TopicsReport", "create_topics", "ensure_topics", "require_topics"]
+
+
+class MissingTopicsError(Exception):
+    """Topics the product needs do not exist; str() is one line naming them and the broker."""
+
+
+@dataclass
+class TopicsReport:
+    """What `ensure_topics` did and found."""
+
+    created: list[str] = field(default_factory=list)
+    mismatched: dict[str, int] = field(default_factory=dict)
+    """Existing topics whose partition count differs from the setting: name -> partitions."""
+
+
+def _names(settings: Settings) -> list[str]:
+    return [*settings.event_topics(), settings.dead_letter_topic]
+
+
+async def ensure_topics(settings: Settings) -> TopicsReport:
+    """Create every topic that does not exist yet; report existing ones with another partition count."""
+    names = _names(settings)
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    report = TopicsReport()
+    try:
+        existing = set(await admin.list_topics())
+        for name in names:
+            if name in existing:
+                continue
+            try:
+                await admin.create_topics(
+                    [NewTopic(name, settings.topic_partitions, settings.topic_replication_factor)]
+                )
+                report.created.append(name)
+            except TopicAlreadyExistsError:
+                existing.add(name)
+        present = [name for name in names if name in existing]
+        if present:
+            for topic in await admin.describe_topics(present):
+                count = len(topic["partitions"])
+                if topic["error_code"] == 0 and count != settings.topic_partitions:
+                    report.mismatched[topic["topic"]] = count
+        return report
+    finally:
+        await admin.close()
 
 
 async def create_topics(settings: Settings) -> list[str]:
     """Create every topic that does not exist yet; return the names created."""
-    names = [*settings.event_topics(), settings.dead_letter_topic]
+    return (await ensure_topics(settings)).created
+
+
+async def require_topics(settings: Settings, names: Iterable[str] | None = None) -> None:
+    """Raise MissingTopicsError unless every named topic (default: all the product's) exists."""
+    wanted = list(names) if names is not None else _names(settings)
     admin = AIOKafkaAdminClient(**settings.kafka_client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [
-            NewTopic(name, settings.topic_partitions, settings.topic_replication_factor)
-            for name in names
-            if name not in existing
-        ]
-        created = []
-        for topic in wanted:
-            try:
-                await admin.create_topics([topic])
-                created.append(topic.name)
-            except TopicAlreadyExistsError:
-                pass
-        return created
     finally:
         await admin.close()
+    missing = [name for name in wanted if name not in existing]
+    if missing:
+        raise MissingTopicsError(
+            f"topic(s) {', '.join(missing)} do not exist on {settings.kafka_bootstrap_servers}: "
+            "run `crm-kpi topics create` (clients never create topics)"
+        )

@@ -27,6 +27,16 @@ class Keys:
         return f"{self.tag}:offsets"
 
     @property
+    def log_marks(self) -> str:
+        """Hash 'topic:partition' -> fingerprint of the last record applied (which log the offset belongs to)."""
+        return f"{self.tag}:logs"
+
+    @property
+    def gaps(self) -> str:
+        """Hash 'topic:partition' -> 'records:unix seconds': history the KPIs are known to miss, and since when."""
+        return f"{self.tag}:gaps"
+
+    @property
     def current(self) -> str:
         """Hash of non-windowed counters."""
         return f"{self.tag}:cur"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -21,7 +22,7 @@ from stream.events.fold import BatchDelta
 from stream.kpis import UNPRUNED_SORTED_SETS
 from stream.store.keys import Keys
 
-__all__ = ["ApplyOutcome", "AsyncStore", "as_text", "dedupe_slots", "event_digest", "lua_script"]
+__all__ = ["ApplyOutcome", "AsyncStore", "LogMark", "as_text", "dedupe_slots", "event_digest", "lua_script"]
 
 # The dedupe horizon is cut into this many processing-time slots: memory is
 # bounded by horizon × (1 + 1/SLOTS) of event ids.
@@ -51,8 +52,18 @@ class ApplyOutcome:
     """Result of the atomic write: applied, or refused and why."""
 
     ok: bool
-    conflict: str = ""  # 'offset' | 'duplicate' | 'entity'
+    conflict: str = ""  # 'offset' | 'gap' | 'duplicate' | 'entity'
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class LogMark:
+    """What Redis records about one partition: where to resume, and which log that offset belongs to."""
+
+    next: int | None
+    """Next offset to apply; None when Redis holds none (a new deployment, or a Redis that lost it)."""
+    last: str | None
+    """Fingerprint of the last record applied (`stream.worker.logcheck.Fingerprint`), if recorded."""
 
 
 class AsyncStore:
@@ -64,6 +75,8 @@ class AsyncStore:
         self.dedupe_horizon_s = dedupe_horizon_s
         self.state_ttl_s = state_ttl_s
         self._apply = client.register_script(lua_script("apply.lua"))
+        self._anchor = client.register_script(lua_script("anchor.lua"))
+        self._marks = client.register_script(lua_script("marks.lua"))
 
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
         """Next offset to apply per 'topic:partition' field, for those Redis knows."""
@@ -72,6 +85,52 @@ class AsyncStore:
             return {}
         values = await self.client.hmget(self.keys.offsets, fields)
         return {f: int(v) for f, v in zip(fields, values, strict=True) if v is not None}
+
+    async def load_marks(self, fields: Iterable[str]) -> dict[str, LogMark]:
+        """Offset and last-record fingerprint per 'topic:partition' field, read in one atomic step."""
+        fields = list(fields)
+        if not fields:
+            return {}
+        offsets, marks = await self._marks(keys=[self.keys.offsets, self.keys.log_marks], args=fields)
+        return {
+            f: LogMark(int(o) if o is not None else None, as_text(m) if m is not None else None)
+            for f, o, m in zip(fields, offsets, marks, strict=True)
+        }
+
+    async def anchor(
+        self, field: str, expected: int | None, new: int | None, mark: str | None = None, lost: int = 0
+    ) -> tuple[bool, int | None]:
+        """Set one partition's applied offset to `new` (None: delete it) if it still is `expected`.
+
+        The fingerprint is replaced by `mark` (None: deleted); `lost` > 0 adds that many records
+        to the partition's gap (`load_gaps`). Returns (done, the offset Redis held).
+        """
+        reply = await self._anchor(
+            keys=[self.keys.offsets, self.keys.log_marks, self.keys.gaps],
+            args=[field, _or_absent(expected), _or_absent(new), mark or "", lost, f"{time.time():.3f}"],
+        )
+        held = int(reply[1])
+        return as_text(reply[0]) == "ok", (held if held >= 0 else None)
+
+    async def load_gaps(self, fields: Iterable[str] | None = None) -> dict[str, tuple[int, float]]:
+        """Records the KPIs are known to miss per field, and when the latest were lost (unix s)."""
+        items: list[tuple[str, Any]]
+        if fields is None:
+            raw = await self.client.hgetall(self.keys.gaps)
+            items = [(as_text(k), v) for k, v in raw.items()]
+        else:
+            fields = list(fields)
+            if not fields:
+                return {}
+            values: list[Any] = await self.client.hmget(self.keys.gaps, fields)
+            items = list(zip(fields, values, strict=True))
+        out: dict[str, tuple[int, float]] = {}
+        for field, value in items:
+            if value is None:
+                continue
+            records, _, since = as_text(value).partition(":")
+            out[field] = (int(records), float(since or 0))
+        return out
 
     async def read_states(self, entity_keys: Sequence[str]) -> dict[str, str | None]:
         """The raw states of these entities (None when absent); no round trip for none."""
@@ -86,21 +145,29 @@ class AsyncStore:
         offsets: Sequence[tuple[str, int, int]],
         digests: Sequence[bytes],
         now_s: float,
+        firsts: Mapping[str, int] | None = None,
+        marks: Mapping[str, str] | None = None,
     ) -> ApplyOutcome:
         """Atomically: fence offsets (field, expected or -1, new), dedupe, write the delta.
 
-        Refused with conflict 'duplicate' and detail = the 1-based indexes of the
-        digests already recorded (a duplicate from an earlier batch or another worker).
+        `firsts` gives the offset each partition's batch starts at (default: the expected one);
+        where Redis holds an offset, the batch must start exactly there, else it is refused
+        with conflict 'gap' and detail "field stored first". `marks` fingerprints the last
+        record of each partition's batch. Refused with conflict 'offset' and detail "field
+        stored" when Redis holds another offset than expected ('-1': none), and with conflict
+        'duplicate' and detail = the 1-based indexes of the digests already recorded (a
+        duplicate from an earlier batch or another worker).
         """
         current, slots, dd_expire = dedupe_slots(now_s, self.dedupe_horizon_s)
         argv: list[Any] = [len(offsets)]
         for name, expected, new in offsets:
-            argv += [name, expected, new]
+            first = firsts.get(name, expected) if firsts is not None else expected
+            argv += [name, expected, first, new, marks.get(name, "") if marks is not None else ""]
         argv += [self.keys.dedupe(current), dd_expire, len(slots)]
         argv += [self.keys.dedupe(s) for s in slots]
         argv.append(b"".join(digests))
         argv.append(self.encode_delta(delta, now_s))
-        reply = await self._apply(keys=[self.keys.offsets], args=argv)
+        reply = await self._apply(keys=[self.keys.offsets, self.keys.log_marks], args=argv)
         status = as_text(reply[0])
         if status == "ok":
             return ApplyOutcome(True)
@@ -151,6 +218,10 @@ def _exact(values: dict[str, int]) -> dict[str, int | str]:
     if not values or (max(values.values()) < _LUA_EXACT and min(values.values()) > -_LUA_EXACT):
         return values  # type: ignore[return-value]
     return {k: v if -_LUA_EXACT < v < _LUA_EXACT else str(v) for k, v in values.items()}
+
+
+def _or_absent(offset: int | None) -> int:
+    return -1 if offset is None else offset
 
 
 def as_text(value: Any) -> str:

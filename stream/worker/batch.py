@@ -25,13 +25,14 @@ from aiokafka.errors import KafkaError
 from stream.events.decode import Rejection, decode
 from stream.events.fold import FoldContext, FoldMemo, entity_keys, fold
 from stream.events.windows import Window
+from stream.kafka.logs import Fingerprint
 from stream.kpis import fold_rules
 from stream.settings import Settings
-from stream.store import AsyncStore, Keys, event_digest
+from stream.store import AsyncStore, Keys, LogMark, event_digest
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
 
-__all__ = ["BatchProcessor", "OffsetConflict", "Prepared", "offset_field"]
+__all__ = ["BatchProcessor", "OffsetConflict", "Prepared", "Span", "offset_field"]
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +51,35 @@ def offset_field(topic: str, partition: int) -> str:
 
 
 class OffsetConflict(Exception):
-    """Redis holds another applied offset than expected: another worker applied these records."""
+    """Redis refused the batch's offsets: it holds another applied offset than expected (another
+    worker applied these records, or Redis lost writes), or the batch does not start there (a gap)."""
 
-    def __init__(self, field: str, stored: int) -> None:
-        super().__init__(f"{field} already applied up to {stored}")
+    def __init__(self, field: str, stored: int | None, first: int | None = None) -> None:
+        where = f"applied up to {stored}" if stored is not None else "has no applied offset"
+        gap = f"; the batch starts at {first}" if first is not None else ""
+        super().__init__(f"{field} {where}{gap}")
         self.field = field
         self.stored = stored
+        self.first = first
+
+    @property
+    def gap(self) -> bool:
+        """True when the stored offset was the expected one but the batch started elsewhere."""
+        return self.first is not None
+
+
+# A partition's span in a batch: the consumer's position before and after it fetched the
+# batch's records. They differ from the first and last record's offsets where the log has
+# offsets without records (transaction markers, aborted or compacted records).
+Span = tuple[int, int]
 
 
 @dataclass
 class Prepared:
     """A decoded batch waiting for its Redis write."""
 
-    ranges: list[tuple[str, int]]  # (partition field, next offset after the batch)
+    # (partition field, first offset of the batch, next offset after it, fingerprint of its last record or "")
+    ranges: list[tuple[str, int, int, str]]
     unique: list[tuple[Any, int]]  # (valid event, occurred_at µs), first copy of each id
     digests: list[bytes]
     rejected: list[tuple[Any, Rejection]]
@@ -94,25 +111,38 @@ class BatchProcessor:
         self._max_skew_us = int(settings.max_future_skew * 1_000_000)
         self._memo = FoldMemo()
 
-    async def process(self, batch: Mapping[Any, Sequence[Any]], expected: Mapping[str, int]) -> dict[str, int]:
+    async def process(
+        self,
+        batch: Mapping[Any, Sequence[Any]],
+        expected: Mapping[str, int],
+        spans: Mapping[Any, Span] | None = None,
+    ) -> dict[str, int]:
         """Apply `batch` ({TopicPartition: records}); return the new next offset per partition field.
 
         `expected` is each partition's next offset as Redis last said (-1: none
         stored). Records below it were applied already and are skipped.
         Raises OffsetConflict when Redis disagrees (the caller re-seeks).
         """
-        return await self.apply(self.prepare(batch, expected), expected)
+        return await self.apply(self.prepare(batch, expected, spans), expected)
 
-    def prepare(self, batch: Mapping[Any, Sequence[Any]], expected: Mapping[str, int]) -> Prepared:
+    def prepare(
+        self,
+        batch: Mapping[Any, Sequence[Any]],
+        expected: Mapping[str, int],
+        spans: Mapping[Any, Span] | None = None,
+    ) -> Prepared:
         """The CPU half of a batch (no I/O): decode, classify, digest, drop in-batch repeats.
 
+        `spans` gives each partition's consumer positions before and after its records
+        (default: its first record, or the expected offset, and its last record + 1); the
+        atomic write refuses a batch that does not start at the offset Redis holds.
         The consumer runs it while Redis applies the previous batch.
         """
         started = time.perf_counter()
         now_us = int(time.time() * 1_000_000)
         valid: list[tuple[Any, int]] = []
         rejected: list[tuple[Any, Rejection]] = []
-        ranges: list[tuple[str, int]] = []
+        ranges: list[tuple[str, int, int, str]] = []
         max_bytes = self.settings.max_event_bytes
         for tp, records in batch.items():
             field = offset_field(tp.topic, tp.partition)
@@ -128,8 +158,14 @@ class BatchProcessor:
                     valid.append(out)
                 else:
                     rejected.append((rec, out))  # type: ignore[arg-type]
-            if last >= 0:
-                ranges.append((field, last + 1))
+            # Per partition, not per record: where the batch starts and ends, and its last record.
+            mark = Fingerprint.of(records[-1]).encode() if last >= 0 else ""
+            if spans is not None and tp in spans:
+                start, end = spans[tp]
+                if end > floor:
+                    ranges.append((field, max(start, floor), end, mark))
+            elif last >= 0:
+                ranges.append((field, floor if floor >= 0 else records[0].offset, last + 1, mark))
         digests: list[bytes] = []
         unique: list[tuple[Any, int]] = []
         index: set[bytes] = set()
@@ -156,7 +192,9 @@ class BatchProcessor:
         started = time.perf_counter()
         if not prep.ranges:
             return {}
-        offsets = [(field, expected.get(field, -1), new) for field, new in prep.ranges]
+        offsets = [(field, expected.get(field, -1), new) for field, _, new, _ in prep.ranges]
+        firsts = {field: first for field, first, _, _ in prep.ranges}
+        marks = {field: mark for field, _, _, mark in prep.ranges if mark}
         rejected, unique, digests = prep.rejected, prep.unique, prep.digests
         # Dead letters are acked by Kafka before the batch's offsets are recorded
         # in Redis: a crash in between re-sends them rather than losing them.
@@ -173,16 +211,17 @@ class BatchProcessor:
                 states = await self.read_states(prep)
             delta = fold(unique, states, self._context(now_s), self._memo)
             outcome = await self._retry(
-                lambda d=delta, f=digests, t=now_s: self.store.apply(d, offsets, f, t), "redis write"
+                lambda d=delta, f=digests, t=now_s: self.store.apply(d, offsets, f, t, firsts, marks), "redis write"
             )
             if outcome.ok:
                 self._memo.remember(delta)
                 break
             states = None
             self.metrics.conflicts.labels(outcome.conflict).inc()
-            if outcome.conflict == "offset":
-                field, _, stored = outcome.detail.partition(" ")
-                raise OffsetConflict(field, int(stored))
+            if outcome.conflict in ("offset", "gap"):
+                field, stored, *first = outcome.detail.split(" ")
+                held = int(stored)
+                raise OffsetConflict(field, held if held >= 0 else None, int(first[0]) if first else None)
             if outcome.conflict == "duplicate":
                 drop = {int(i) - 1 for i in outcome.detail.split()}
                 earlier_dups += len(drop)
@@ -219,6 +258,20 @@ class BatchProcessor:
     async def load_offsets(self, fields: list[str]) -> dict[str, int]:
         """Redis's next offset to apply per partition field (retried through outages)."""
         result: dict[str, int] = await self._retry(lambda: self.store.load_offsets(fields), "load offsets")
+        return result
+
+    async def load_marks(self, fields: list[str]) -> dict[str, LogMark]:
+        """Redis's offset and last-record fingerprint per partition field (retried through outages)."""
+        result: dict[str, LogMark] = await self._retry(lambda: self.store.load_marks(fields), "load offsets")
+        return result
+
+    async def anchor(
+        self, field: str, expected: int | None, new: int, lost: int = 0
+    ) -> tuple[bool, int | None]:
+        """Compare-and-set one partition's applied offset (retried through outages); see AsyncStore.anchor."""
+        result: tuple[bool, int | None] = await self._retry(
+            lambda: self.store.anchor(field, expected, new, None, lost), "re-anchor offset"
+        )
         return result
 
     async def _retry(self, call: Any, what: str) -> Any:

@@ -3,7 +3,12 @@
 Faust owns the process (lifecycle, signals, web server, clean shutdown); this
 service owns the hot path, so no record pays Faust's per-message stream
 machinery. Where to resume is Redis's applied offset (fenced by the batch
-write); Kafka commits follow it for lag monitoring and as a fallback.
+write), never Kafka's committed offset: commits follow Redis for lag monitoring.
+
+Resync (docs/delivery.md): on every assignment, every refused offset, every fetch
+position out of range and every change of Redis's offsets behind the worker's back,
+the worker drops whatever it fetched, checks each assigned partition's log against
+what Redis recorded (`stream.kafka.logs`) and seeks every one of them.
 """
 
 from __future__ import annotations
@@ -11,17 +16,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Any
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
 from stream.events.windows import make_windows
+from stream.kafka.logs import LogProbe, Verdict, fetch_target, judge, needs_record
+from stream.kafka.topics import MissingTopicsError, require_topics
 from stream.settings import Settings
-from stream.store import AsyncStore, Keys
-from stream.worker.batch import BatchProcessor, OffsetConflict, offset_field
+from stream.store import AsyncStore, Keys, LogMark
+from stream.worker.batch import _REDIS_DOWN, BatchProcessor, OffsetConflict, Span, offset_field
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
 
@@ -53,6 +63,12 @@ def _tune_gc() -> None:
 
 _GC_INTERVAL_S = 10.0
 _GC_FULL_EVERY = 30  # ticks: a full collection every 5 minutes
+_REDIS_CHECK_S = 1.0  # how often Redis's offsets of the owned partitions are compared with the worker's
+_RECHECK_BLOCKED_S = 5.0  # how often a paused partition's log is checked again (an operator re-anchored it?)
+_RUNBOOK = "docs/runbooks.md"
+
+T = TypeVar("T")
+
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -66,23 +82,37 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.owner.on_assigned(assigned)
 
 
+def _names(partitions: Iterable[TopicPartition]) -> str:
+    return ", ".join(offset_field(tp.topic, tp.partition) for tp in sorted(partitions))
+
+
 class BatchConsumer(Service):
     """Consumes the event topics in batches and applies them to Redis exactly once."""
 
     def __init__(self, settings: Settings, metrics: WorkerMetrics, **kwargs: Any) -> None:
         self.settings = settings
         self.metrics = metrics
+        metrics.gap_horizon_s = settings.longest_window
         self.topics = list(settings.event_topics())
         self._expected: dict[str, int] = {}  # next offset per partition field, as Redis says
+        # Where the consumer's next fetch of each owned partition starts: set by every seek,
+        # moved by every batch. A batch's span starts there, so a gap cannot go unseen.
+        self._cursor: dict[TopicPartition, int] = {}
+        # Partitions paused because their log is not the one Redis's offsets count (Verdict).
+        self._blocked: dict[TopicPartition, Verdict] = {}
+        # Bumped by every resync: a batch fetched under an older generation is dropped.
+        self._generation = 0
         self._to_commit: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._probe: LogProbe | None = None
         self._redis: aioredis.Redis | None = None
         self._processor: BatchProcessor | None = None
         self._store: AsyncStore | None = None
         self._inflight: tuple[asyncio.Future[dict[str, int]], list[TopicPartition]] | None = None
         self.batches = 0
+        self.resyncs = 0
         self._gc_ticks = 0
         super().__init__(**kwargs)
 
@@ -92,18 +122,29 @@ class BatchConsumer(Service):
         keys = Keys(s.redis_key_prefix)
         self._store = AsyncStore(self._redis, keys, s.dedupe_horizon, s.state_ttl)
         kafka = s.kafka_client_options()
-        self._producer = AIOKafkaProducer(**kafka, acks="all", enable_idempotence=False, linger_ms=5)
+        # Dead letters: aiokafka holds one batch per partition and waits for it to be sent once
+        # full, so 16 KB batches (the default) cost a round trip per large invalid record.
+        self._producer = AIOKafkaProducer(
+            **kafka, acks="all", enable_idempotence=False, linger_ms=5, max_batch_size=1 << 20
+        )
         await self._producer.start()
+        self._probe = LogProbe(kafka)
+        await self._probe.start()
         self._consumer = AIOKafkaConsumer(
             **kafka,
             group_id=s.kafka_group_id,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Never jump silently: a fetch position outside the log raises, and the worker
+            # checks the log against Redis (every partition is sought on assignment anyway).
+            auto_offset_reset="none",
             max_poll_records=s.batch_max_records,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             # A Redis outage pauses polling; stay in the group meanwhile.
             max_poll_interval_ms=30 * 60 * 1000,
+            # A topic deleted and created again (or created after the worker started) is seen at
+            # the next metadata refresh: 15 s rather than aiokafka's 5 minutes.
+            metadata_max_age_ms=15_000,
         )
         self._processor = BatchProcessor(
             s,
@@ -113,6 +154,13 @@ class BatchConsumer(Service):
             make_windows(s.windows),
             keys,
         )
+        try:
+            await require_topics(s, [*self.topics, s.dead_letter_topic])
+        except MissingTopicsError as exc:
+            # Not fatal: the worker is assigned the topics' partitions once they exist.
+            log.error("%s; waiting for them", exc)
+        except (KafkaError, OSError) as exc:
+            log.warning("could not check the topics exist (%s)", exc)
         self._consumer.subscribe(self.topics, listener=_Rebalance(self))
         await self._consumer.start()
         _tune_gc()
@@ -121,10 +169,12 @@ class BatchConsumer(Service):
 
     async def on_stop(self) -> None:
         async with self._lock:
-            await self._finish_inflight()
+            await self._finish_inflight(resync=False)
             await self._commit()
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._probe is not None:
+            await self._probe.stop()
         if self._producer is not None:
             await self._producer.stop()
         if self._redis is not None:
@@ -132,30 +182,88 @@ class BatchConsumer(Service):
 
     @Service.task
     async def _consume(self) -> None:
+        while not self.should_stop:
+            try:
+                await self._step()
+            except Exception:
+                if self.should_stop:
+                    return  # stopping: on_stop closes the clients under the loop; its batch is finished there
+                raise
+
+    async def _step(self) -> None:
+        """Fetch one batch, prepare it, wait for the previous one, and send this one's write."""
         # Two batches in flight: while Redis runs batch N's atomic write, this
-        # loop fetches and decodes batch N+1. Batch N+1 reads entity states and
+        # step fetches and decodes batch N+1. Batch N+1 reads entity states and
         # fences offsets only after N is acknowledged, so exactness is unchanged.
         assert self._consumer is not None and self._processor is not None
         consumer, processor = self._consumer, self._processor
-        timeout = self.settings.batch_timeout_ms
-        limit = self.settings.batch_max_records
-        while not self.should_stop:
-            batch = await consumer.getmany(timeout_ms=0 if self._inflight else timeout, max_records=limit)
+        generation = self._generation
+        try:
+            batch = await consumer.getmany(
+                timeout_ms=0 if self._inflight else self.settings.batch_timeout_ms,
+                max_records=self.settings.batch_max_records,
+            )
+        except OffsetOutOfRangeError as exc:
+            # The log no longer holds the position: retention deleted it, or the log went backwards.
             async with self._lock:
-                owned = consumer.assignment()
-                batch = {tp: recs for tp, recs in batch.items() if tp in owned}
-                prepared = processor.prepare(batch, self._expected) if batch else None
-                if not await self._finish_inflight():
-                    continue  # resynced from Redis: the prepared batch may predate the seek
-                if prepared is None or not prepared.ranges:
-                    continue
-                states = await processor.read_states(prepared)
-                task = asyncio.ensure_future(processor.apply(prepared, self._expected, states))
-                self._inflight = (task, list(batch))
-            await asyncio.sleep(0)  # let the write go out before decoding the next batch
+                await self._finish_inflight(resync=False)
+                where = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+                log.warning("fetch position outside the log on %s: checking the logs against Redis", _names(where))
+                await self._resync("a fetch position outside the log")
+            return
+        except NoOffsetForPartitionError:
+            # A new partition the fetcher reached before the assignment's resync sought it
+            # (the group never committed it): seek now unless that resync ran meanwhile.
+            async with self._lock:
+                if generation == self._generation:
+                    await self._finish_inflight(resync=False)
+                    await self._resync("a partition without a position")
+            return
+        async with self._lock:
+            if generation != self._generation:
+                return  # fetched before a resync sought every partition: its records may not follow
+            spans = await self._spans(batch)
+            if spans is None:
+                await self._finish_inflight(resync=False)
+                await self._resync("a partition left during a fetch")
+                return
+            batch = {tp: recs for tp, recs in batch.items() if tp in spans}
+            prepared = processor.prepare(batch, self._expected, spans) if batch else None
+            if not await self._finish_inflight():
+                return  # resynced from Redis: every partition was sought again, this batch is stale
+            if prepared is None or not prepared.ranges:
+                return
+            states = await processor.read_states(prepared)
+            task = asyncio.ensure_future(processor.apply(prepared, self._expected, states))
+            self._inflight = (task, list(batch))
+        await asyncio.sleep(0)  # let the write go out before decoding the next batch
 
-    async def _finish_inflight(self) -> bool:
-        """Wait for the batch in flight; False if Redis refused its offsets (we resynced)."""
+    async def _spans(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, Span] | None:
+        """Each fetched partition's (cursor before, position after) the batch, moving the cursors.
+
+        Partitions paused for a log mismatch are left out; None when a partition of the batch
+        is no longer assigned (a rebalance is under way: the caller resyncs).
+        """
+        assert self._consumer is not None
+        owned = self._consumer.assignment()
+        spans: dict[TopicPartition, Span] = {}
+        for tp, records in batch.items():
+            if tp not in owned:
+                return None
+            if tp in self._blocked:
+                continue
+            try:
+                # Does not suspend: a partition that just returned records has a valid position.
+                end = await self._consumer.position(tp)
+            except IllegalStateError:
+                return None
+            start = self._cursor.get(tp, records[0].offset)
+            spans[tp] = (start, end)
+            self._cursor[tp] = end
+        return spans
+
+    async def _finish_inflight(self, resync: bool = True) -> bool:
+        """Wait for the batch in flight; False if Redis refused its offsets (then, with `resync`, resynced)."""
         if self._inflight is None:
             return True
         task, partitions = self._inflight
@@ -163,8 +271,14 @@ class BatchConsumer(Service):
         try:
             applied = await task
         except OffsetConflict as conflict:
-            log.warning("offset conflict on %s: resuming from Redis", conflict.field)
-            await self._resync(partitions)
+            if conflict.gap:
+                log.error("refused batch on %s (%s): resuming every partition from Redis", conflict.field, conflict)
+            else:
+                log.warning("offset conflict on %s (%s): resuming every partition from Redis", conflict.field, conflict)
+            if resync:
+                await self._resync("an offset conflict")
+            else:
+                self._generation += 1  # the assignment is about to change; on_assigned seeks every partition
             return False
         self._expected.update(applied)
         for tp in partitions:
@@ -197,31 +311,247 @@ class BatchConsumer(Service):
             for tp, off in pending.items():
                 self._to_commit.setdefault(tp, off)
 
+    @Service.timer(_REDIS_CHECK_S)
+    async def _watch_redis(self) -> None:
+        """Resync when Redis's offsets of the owned partitions are no longer the worker's.
+
+        The batch fence sees it too, but only on a partition's next batch: an idle partition
+        whose records Redis lost would stay missing (and its lag 0) until new records came.
+        """
+        if self._store is None or self._consumer is None or not self._expected:
+            return
+        async with self._lock:
+            if not await self._finish_inflight():
+                return
+            fields = {f: n for f, n in self._expected.items() if n >= 0}
+            try:
+                # One attempt: during an outage the batch path already waits for Redis.
+                stored = await asyncio.wait_for(self._store.load_offsets(fields), timeout=2.0)
+            except (TimeoutError, *_REDIS_DOWN):
+                return
+            moved = sorted(f for f, n in fields.items() if stored.get(f) != n)
+            if moved:
+                log.warning("Redis's applied offsets changed under this worker on %s", ", ".join(moved))
+                await self._resync("Redis's offsets changed")
+
+    @Service.timer(_RECHECK_BLOCKED_S)
+    async def _recheck_blocked(self) -> None:
+        """Resume paused partitions once their log matches Redis again (`crm-kpi offsets reset`)."""
+        if not self._blocked:
+            return
+        async with self._lock:
+            blocked = [tp for tp in self._blocked if self._consumer is not None and tp in self._consumer.assignment()]
+            if not blocked:
+                return
+            try:
+                verdicts, _, _ = await self._check_logs(blocked, retry=False)
+            except (TimeoutError, KafkaError, OSError, *_REDIS_DOWN):
+                return
+            if any(not v.blocks or v != self._blocked.get(tp) for tp, v in verdicts.items()):
+                await self._resync("a paused partition's offsets changed")
+
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Finish the batch in flight, then commit what was applied for these partitions."""
         async with self._lock:
-            await self._finish_inflight()
+            await self._finish_inflight(resync=False)
             await self._commit()
+            self._generation += 1
             for tp in revoked:
                 self._expected.pop(offset_field(tp.topic, tp.partition), None)
+                self._cursor.pop(tp, None)
+                self._blocked.pop(tp, None)
+                self.metrics.log_mismatch.pop((tp.topic, tp.partition), None)
+                self.metrics.history_gaps.pop((tp.topic, tp.partition), None)
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        """Resume each new partition where Redis says it was applied up to."""
-        await self._resync(assigned)
+        """Resume each new partition where Redis says it was applied up to (after checking its log)."""
+        log.info("assigned %d partition(s)", len(assigned))
+        async with self._lock:
+            await self._resync("partitions assigned")
 
-    async def _resync(self, partitions: list[TopicPartition]) -> None:
-        assert self._store is not None and self._consumer is not None
+    # --- resync ---------------------------------------------------------------------
+
+    async def _resync(self, why: str) -> None:
+        """Drop everything fetched, check every assigned partition's log, seek each to Redis's offset.
+
+        Called with the lock held and nothing in flight.
+        """
+        assert self._consumer is not None and self._processor is not None
+        self._generation += 1
+        self.resyncs += 1
+        consumer = self._consumer
+        for _ in range(10):  # a concurrent writer may move an offset while this runs: read again
+            owned = sorted(consumer.assignment())
+            if not owned:
+                return
+            verdicts, marks, bounds = await self._check_logs(owned)
+            if await self._act(owned, verdicts, marks, bounds, why):
+                return
+        raise RuntimeError("the applied offsets in Redis kept changing during a resync")
+
+    async def _check_logs(
+        self, partitions: list[TopicPartition], retry: bool = True
+    ) -> tuple[dict[TopicPartition, Verdict], dict[TopicPartition, LogMark], dict[TopicPartition, tuple[int, int]]]:
+        """Redis's record of each partition against its log: verdict, mark and (log start, log end)."""
+        assert self._processor is not None and self._probe is not None
         fields = {offset_field(tp.topic, tp.partition): tp for tp in partitions}
-        assert self._processor is not None
-        stored = await self._processor.load_offsets(list(fields))
-        owned = self._consumer.assignment()
-        for field, tp in fields.items():
-            if field in stored:
-                self._expected[field] = stored[field]
-                if tp in owned:
-                    self._consumer.seek(tp, stored[field])
+        if retry:
+            raw = await self._processor.load_marks(list(fields))
+        else:
+            assert self._store is not None
+            raw = await asyncio.wait_for(self._store.load_marks(list(fields)), timeout=5.0)
+        marks = {tp: raw[f] for f, tp in fields.items()}
+        probe = self._probe
+        targets = {tp: fetch_target(marks[tp]) for tp in partitions}
+        views = await self._kafka(lambda: probe.inspect(targets), "read the logs", retry)
+        verdicts: dict[TopicPartition, Verdict] = {}
+        bounds: dict[TopicPartition, tuple[int, int]] = {}
+        for tp in partitions:
+            view, mark = views[tp], marks[tp]
+            bounds[tp] = (view.start, view.end)
+            checked = needs_record(mark, view.start, view.end) == targets[tp]
+            verdict = judge(mark, view.start, view.end, view.record if checked else None)
+            if verdict.blocks and not view.fetched:
+                # No fetch answered in time: never pause a partition on a guess; the next resync checks again.
+                log.warning("could not read %s to check its log (%s); resuming from Redis's offset", tp, verdict.value)
+                verdict = Verdict.OK if mark.next is not None and mark.next >= view.start else verdict
+            verdicts[tp] = verdict
+        return verdicts, marks, bounds
+
+    async def _act(
+        self,
+        owned: list[TopicPartition],
+        verdicts: dict[TopicPartition, Verdict],
+        marks: dict[TopicPartition, LogMark],
+        bounds: dict[TopicPartition, tuple[int, int]],
+        why: str,
+    ) -> bool:
+        """Seek, anchor or pause each partition per its verdict; False if an anchor lost a race."""
+        assert self._consumer is not None and self._processor is not None
+        consumer, processor = self._consumer, self._processor
+        rewound: list[str] = []
+        rebuilt: list[str] = []
+        lost: list[str] = []
+        newly_blocked: dict[Verdict, list[str]] = {}
+        for tp in owned:
+            field = offset_field(tp.topic, tp.partition)
+            verdict, mark = verdicts[tp], marks[tp]
+            start, end = bounds[tp]
+            before = self._expected.get(field)
+            self._to_commit.pop(tp, None)
+            if verdict.blocks:
+                if self._blocked.get(tp) != verdict:
+                    newly_blocked.setdefault(verdict, []).append(f"{field} (Redis {mark.next}, log {start}..{end})")
+                self._blocked[tp] = verdict
+                self.metrics.log_mismatch[(tp.topic, tp.partition)] = verdict.value
+                self._expected.pop(field, None)
+                consumer.seek(tp, end)  # a valid position; nothing is fetched while paused
+                consumer.pause(tp)
+                continue
+            resume_at = mark.next
+            if verdict is Verdict.UNANCHORED:
+                committed = await self._committed(tp)
+                gone = start  # records below the log start: applied to a Redis that lost them, or never
+                done, _ = await processor.anchor(field, None, start, gone)
+                if not done:
+                    return False
+                resume_at = start
+                had = max(before or 0, committed or 0)
+                if had > start or (before is not None and before > 0):
+                    self.metrics.redis_rewinds.labels(tp.topic).inc()
+                    rebuilt.append(f"{field} (had {had})")
+                if gone > 0:
+                    lost.append(f"{field} below {start} ({gone} records)")
+            elif verdict is Verdict.RETENTION_LOSS:
+                assert mark.next is not None
+                gone = start - mark.next
+                done, _ = await processor.anchor(field, mark.next, start, gone)
+                if not done:
+                    return False
+                resume_at = start
+                lost.append(f"{field} {mark.next}..{start - 1} ({gone} records)")
+            elif before is not None and mark.next is not None and mark.next < before:
+                self.metrics.redis_rewinds.labels(tp.topic).inc()
+                rewound.append(f"{field} {before} -> {mark.next} ({before - mark.next} records)")
+            assert resume_at is not None
+            self._expected[field] = resume_at
+            self._cursor[tp] = resume_at
+            consumer.seek(tp, resume_at)
+            if self._blocked.pop(tp, None) is not None:
+                self.metrics.log_mismatch.pop((tp.topic, tp.partition), None)
+                consumer.resume(tp)
+                log.warning("%s: its log matches Redis again; resuming at offset %d", field, resume_at)
+        if rewound:
+            log.error(
+                "Redis went back (it lost writes: an older snapshot, a promoted replica or a restore): "
+                "re-applying from Kafka %s",
+                ", ".join(rewound),
+            )
+        if rebuilt:
+            log.error(
+                "Redis holds no applied offset for partitions it had applied (Redis lost its data): "
+                "rebuilding them from the start of the Kafka log: %s",
+                ", ".join(rebuilt),
+            )
+        if lost:
+            log.error(
+                "records deleted by Kafka's retention before Redis held them: windows covering them stay "
+                "incomplete (crm_kpi_history_gap_records): %s",
+                ", ".join(lost),
+            )
+        for verdict, names in newly_blocked.items():
+            what = (
+                "ends below the offset Redis applied"
+                if verdict is Verdict.LOG_BEHIND
+                else "holds other records than the ones Redis applied"
+            )
+            log.error(
+                "the Kafka log of %s %s (topic recreated or truncated): paused, nothing skipped; "
+                "see `crm-kpi offsets show` and %s#crmkpipartitionlogmismatch",
+                ", ".join(names),
+                what,
+                _RUNBOOK,
+            )
+        await self._load_gaps(owned)
+        log.debug("resynced %d partitions after %s", len(owned), why)
+        return True
+
+    async def _committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset (a hint that Redis once held more), or None."""
+        assert self._consumer is not None
+        try:
+            value = await asyncio.wait_for(self._consumer.committed(tp), timeout=5.0)
+        except (TimeoutError, KafkaError, OSError):
+            return None
+        return int(value) if value is not None else None
+
+    async def _load_gaps(self, owned: list[TopicPartition]) -> None:
+        assert self._store is not None
+        try:
+            gaps = await asyncio.wait_for(
+                self._store.load_gaps(offset_field(tp.topic, tp.partition) for tp in owned), timeout=5.0
+            )
+        except (TimeoutError, *_REDIS_DOWN):
+            return
+        for tp in owned:
+            value = gaps.get(offset_field(tp.topic, tp.partition))
+            if value is not None:
+                self.metrics.history_gaps[(tp.topic, tp.partition)] = value
             else:
-                self._expected[field] = -1
+                self.metrics.history_gaps.pop((tp.topic, tp.partition), None)
+
+    async def _kafka(self, call: Callable[[], Awaitable[T]], what: str, retry: bool = True) -> T:
+        """Await a Kafka request, retrying with backoff through broker outages (unless `retry` is off)."""
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except (TimeoutError, KafkaError, OSError) as exc:
+                if not retry or self.should_stop:
+                    raise
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2) * (0.8 + 0.4 * random.random())
 
     def _lag(self) -> dict[tuple[str, int], int]:
         consumer = self._consumer

@@ -37,6 +37,36 @@ class _LagCollector(Collector):
         yield family
 
 
+class _PartitionStateCollector(Collector):
+    """Per-partition signals of a log or a Redis that went backwards, read at scrape."""
+
+    def __init__(self, owner: WorkerMetrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        owner = self._owner
+        mismatch = GaugeMetricFamily(
+            "crm_kafka_log_mismatch",
+            "1 while a partition is paused because its Kafka log is not the one Redis's applied offset"
+            " counts (recreated or truncated topic); reason log_behind or log_replaced.",
+            labels=["topic", "partition", "reason"],
+        )
+        for (topic, partition), reason in sorted(owner.log_mismatch.items()):
+            mismatch.add_metric([topic, str(partition), reason], 1)
+        yield mismatch
+        gap = GaugeMetricFamily(
+            "crm_kpi_history_gap_records",
+            "Records of a partition the KPIs miss for good (deleted by Kafka retention before they were"
+            " applied, or lost with Redis), while the longest window still covers their loss.",
+            labels=["topic", "partition"],
+        )
+        horizon = time.time() - owner.gap_horizon_s
+        for (topic, partition), (records, since) in sorted(owner.history_gaps.items()):
+            if records > 0 and since > horizon:
+                gap.add_metric([topic, str(partition)], records)
+        yield gap
+
+
 class WorkerMetrics:
     """Counters, gauges and histogram of one worker process."""
 
@@ -66,6 +96,17 @@ class WorkerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.redis_rewinds = Counter(
+            "crm_redis_rewinds",
+            "Partitions found behind in Redis (it lost writes: an older snapshot, a promoted replica, an"
+            " empty restart); the worker re-applied them from Kafka.",
+            ["topic"],
+            registry=r,
+        )
+        self.log_mismatch: dict[tuple[str, int], str] = {}
+        self.history_gaps: dict[tuple[str, int], tuple[int, float]] = {}
+        self.gap_horizon_s = 30 * 86400.0  # the longest window: a gap older than it no longer shows
+        r.register(_PartitionStateCollector(self))
         self.newest_event_s: float | None = None
         lag = Gauge("crm_event_lag_seconds", "Now - newest occurred_at seen by this worker.", registry=r)
         lag.set_function(lambda: time.time() - self.newest_event_s if self.newest_event_s else 0.0)

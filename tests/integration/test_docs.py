@@ -164,7 +164,7 @@ def _commands() -> dict[str, list[str]]:
 def test_configuration_page_covers_every_command_option_and_setting() -> None:
     text = _text(ROOT / "docs" / "configuration.md")
     commands = _commands()
-    assert len(commands) == 9
+    assert len(commands) == 11
     for command, options in commands.items():
         assert f"### `{command}`" in text, command
         section = text.split(f"### `{command}`", 1)[1].split("\n#", 1)[0]

@@ -1,18 +1,24 @@
 -- Apply one batch atomically: check, then write; never half of it (docs/delivery.md).
--- KEYS[1]: the offsets hash. ARGV is a flat list read front to back (see writer.py).
+-- KEYS[1]: the offsets hash, KEYS[2]: the log marks hash. ARGV is a flat list read front to back (see writer.py).
 -- Every check runs before the first write, so a refused batch changes nothing.
 local argv, i = ARGV, 0
 local function nxt() i = i + 1; return argv[i] end
 local function num() i = i + 1; return tonumber(argv[i]) end
 
--- 1. Offset fence: each partition's stored next-offset must be what the worker expects.
+-- 1. Offset fence, per partition: the next offset Redis holds must be the one the worker
+-- expects ('-1': none stored), and the batch must start exactly there (`first`): records
+-- below it were skipped as applied, and a batch starting above it would leave a gap.
+-- `mark` fingerprints the batch's last record (KEYS[2]), so a later resync can tell
+-- whether the log still holds the records these offsets count ('' keeps the old mark).
 local n_off = num()
-local offsets = {}
+local offsets, marks = {}, {}
 for _ = 1, n_off do
-  local field, expected, new = nxt(), nxt(), nxt()
+  local field, expected, first, new, mark = nxt(), nxt(), nxt(), nxt(), nxt()
   local cur = redis.call('HGET', KEYS[1], field) or '-1'
   if cur ~= expected then return {'offset', field, cur} end
+  if cur ~= '-1' and first ~= cur then return {'gap', field, cur, first} end
   offsets[#offsets + 1] = field; offsets[#offsets + 1] = new
+  if mark ~= '' then marks[#marks + 1] = field; marks[#marks + 1] = mark end
 end
 
 -- 2. Dedupe: the batch's event-id digests arrive as one blob of 16-byte digests.
@@ -91,4 +97,5 @@ for _, z in ipairs(delta.zrem) do redis.call('ZREM', z[1], z[2]) end
 for _, z in ipairs(delta.prune) do redis.call('ZREMRANGEBYSCORE', z[1], '-inf', '(' .. z[2]) end
 
 if #offsets > 0 then redis.call('HSET', KEYS[1], unpack(offsets)) end
+if #marks > 0 then redis.call('HSET', KEYS[2], unpack(marks)) end
 return {'ok'}

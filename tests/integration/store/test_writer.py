@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis.asyncio as aioredis
 
 from stream.events.fold import BatchDelta
-from stream.store import AsyncStore, Keys, event_digest
+from stream.store import AsyncStore, Keys, LogMark, event_digest
 from stream.store.writer import dedupe_slots
 
 BIG = 2**60 + 1  # beyond a Lua double's exact integers
@@ -71,3 +72,91 @@ async def test_a_refused_batch_writes_nothing(redis: aioredis.Redis, prefix: str
     for slot in live:
         assert not await redis.sismember(keys.dedupe(slot), event_digest("e0"))
     assert any([await redis.sismember(keys.dedupe(slot), event_digest("e1")) for slot in live])
+
+
+async def test_the_fence_refuses_a_batch_that_does_not_start_at_the_stored_offset(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    """A gap (a batch starting past the stored offset) is refused like a wrong expectation; nothing is written."""
+    keys = Keys(prefix)
+    store = AsyncStore(redis, keys, dedupe_horizon_s=3600, state_ttl_s=60)
+    first = await store.apply(
+        BatchDelta(),
+        [("crm.leads:0", -1, 10)],
+        [event_digest("e1")],
+        time.time(),
+        {"crm.leads:0": 0},
+        {"crm.leads:0": "9:1:ab"},
+    )
+    assert first.ok, first
+    assert await redis.hget(keys.log_marks, "crm.leads:0") == b"9:1:ab"
+
+    gap = await store.apply(
+        _delta(keys), [("crm.leads:0", 10, 20)], [event_digest("e2")], time.time(), {"crm.leads:0": 12}
+    )
+    assert (gap.ok, gap.conflict, gap.detail) == (False, "gap", "crm.leads:0 10 12")
+    assert await redis.hget(keys.offsets, "crm.leads:0") == b"10"
+    assert await redis.exists(keys.bucket("1h", 100), keys.current) == 0
+
+    # Starting exactly at the stored offset, with records below it skipped by the caller: applied.
+    ok = await store.apply(
+        BatchDelta(),
+        [("crm.leads:0", 10, 20)],
+        [event_digest("e2")],
+        time.time(),
+        {"crm.leads:0": 10},
+        {"crm.leads:0": "19:2:cd"},
+    )
+    assert ok.ok, ok
+    assert (await store.load_marks(["crm.leads:0", "crm.leads:1"])) == {
+        "crm.leads:0": LogMark(20, "19:2:cd"),
+        "crm.leads:1": LogMark(None, None),
+    }
+
+
+async def test_anchor_is_a_compare_and_set_and_adds_to_the_gap(redis: aioredis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    store = AsyncStore(redis, keys, dedupe_horizon_s=3600, state_ttl_s=60)
+    assert await store.anchor("crm.deals:1", None, 5, None, 5) == (True, None)  # none stored -> 5
+    assert await store.anchor("crm.deals:1", None, 7) == (False, 5)  # Redis holds 5, not none: refused
+    await redis.hset(keys.log_marks, "crm.deals:1", "4:1:ff")
+    assert await store.anchor("crm.deals:1", 5, 9, None, 4) == (True, 5)
+    assert await store.load_marks(["crm.deals:1"]) == {"crm.deals:1": LogMark(9, None)}  # the old mark is gone
+    records, since = (await store.load_gaps(["crm.deals:1"]))["crm.deals:1"]
+    assert records == 9 and abs(since - time.time()) < 60
+    assert await store.load_gaps() == await store.load_gaps(["crm.deals:1", "crm.deals:2"])
+    assert await store.anchor("crm.deals:1", 9, None) == (True, 9)  # delete
+    assert await redis.hget(keys.offsets, "crm.deals:1") is None
+
+
+async def test_the_worker_acl_covers_the_fence_the_marks_and_the_anchor(redis_url: str, prefix: str) -> None:
+    """docs/configuration.md's worker ACL (no transactions) is enough for every offset call of the worker."""
+    import redis as sync_redis
+
+    from tests.integration.store.test_redis_acl import WORKER_ACL, _user_url
+
+    admin = sync_redis.Redis.from_url(redis_url)
+    name = f"{prefix}-fence"
+    admin.execute_command(
+        "ACL", "SETUSER", name, "on", ">secret", *WORKER_ACL.replace("{crm}", f"{{{prefix}}}").split()
+    )
+    client = aioredis.Redis.from_url(_user_url(redis_url, name, "secret"))
+    try:
+        store = AsyncStore(client, Keys(prefix), dedupe_horizon_s=3600, state_ttl_s=60)
+        assert (await store.anchor("crm.leads:0", None, 3, None, 3))[0]
+        out = await store.apply(
+            BatchDelta(),
+            [("crm.leads:0", 3, 5)],
+            [event_digest("x")],
+            time.time(),
+            {"crm.leads:0": 3},
+            {"crm.leads:0": "4:0:00"},
+        )
+        assert out.ok, out
+        assert await store.load_marks(["crm.leads:0"]) == {"crm.leads:0": LogMark(5, "4:0:00")}
+        assert await store.load_gaps(["crm.leads:0"]) == {"crm.leads:0": (3, pytest.approx(time.time(), abs=60))}
+        assert await store.load_offsets(["crm.leads:0"]) == {"crm.leads:0": 5}
+    finally:
+        await client.aclose()
+        admin.execute_command("ACL", "DELUSER", name)
+        admin.close()
