@@ -244,6 +244,7 @@ class ApacheKafka:
         listeners: Iterable[Listener] | Mapping[str, str] = (),
         properties: Mapping[str, str | int | bool] | None = None,
         jvm_options: Sequence[str] = (),
+        format_args: Sequence[str] = (),
         heap: str = "1g",
         libs: Path | str | None = None,
         start_timeout: float = 120.0,
@@ -255,6 +256,7 @@ class ApacheKafka:
         listeners: extra listeners, as `Listener`s or {name: security protocol}.
         properties: `server.properties` entries added to (or overriding) the defaults.
         jvm_options: extra JVM flags, e.g. `-Djava.security.auth.login.config=...`.
+        format_args: extra `kafka-storage format` arguments, e.g. `--add-scram SCRAM-SHA-256=[name=u,password=p]`.
         libs: the jars' directory (default: `kafka_libs()`).
         """
         self.libs = kafka_libs(libs)
@@ -270,6 +272,7 @@ class ApacheKafka:
         self.partitions = partitions
         self.extra_properties = {k: _prop(v) for k, v in (properties or {}).items()}
         self.jvm_options = list(jvm_options)
+        self.format_args = list(format_args)
         self.heap = heap
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -410,6 +413,7 @@ class ApacheKafka:
                 "--config",
                 str(config),
                 "--standalone",
+                *self.format_args,
             ],
             cwd=self.workdir,
             stdin=subprocess.DEVNULL,
