@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaProducer
 
 from schemas import TOPIC_FAMILY
 from stream.devtools.synthetic_crm import SimConfig, generate
+from stream.kafka.clients import check_kafka
 from stream.settings import Settings
 
 __all__ = ["SimulateStats", "event_key", "parse_start", "simulate"]
@@ -124,6 +125,8 @@ async def simulate(
     events and whenever the run starts waiting for the clock.
     """
     stats = stats if stats is not None else SimulateStats()
+    # Reachable, credentials accepted, Write on every event topic: else one line, before producing.
+    await check_kafka(settings, write=list(settings.event_topics()))
     producer = AIOKafkaProducer(
         **settings.kafka_client_options(), acks="all", linger_ms=5, max_batch_size=1 << 20
     )

@@ -87,7 +87,7 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
 
 
 class OidcTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
-    """OAUTHBEARER tokens from an OIDC token endpoint with the client-credentials grant (RFC 6749 §4.4).
+    """OAUTHBEARER tokens from an OIDC token endpoint with the client-credentials grant (RFC 6749, section 4.4).
 
     The client authenticates with HTTP basic auth (client id and secret); `scope` is sent
     when set. A token is reused until 60 s (at most a fifth of its lifetime) before it

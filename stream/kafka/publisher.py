@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas import TOPIC_FAMILY, validate_event_json
+from stream.kafka.clients import check_kafka
 from stream.settings import Settings
 
 __all__ = ["BadLine", "PublishSummary", "message_key", "publish_payloads", "read_jsonl"]
@@ -70,7 +71,12 @@ async def publish_payloads(
     progress: Callable[[int], None] | None = None,
     rate: float | None = None,
 ) -> int:
-    """Send (type, key, value) to each type's topic; optional events/s pacing; returns count sent."""
+    """Send (type, key, value) to each type's topic; optional events/s pacing; returns count sent.
+
+    Raises KafkaAccessError (one line) before sending anything if Kafka cannot be reached,
+    refuses the credentials, or denies Write on an event topic.
+    """
+    await check_kafka(settings, write=list(settings.event_topics()))
     producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", linger_ms=10, max_batch_size=1 << 20)
     await producer.start()
     sent = 0

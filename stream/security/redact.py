@@ -82,6 +82,8 @@ def install_redaction(secrets: Iterable[str | None] = ()) -> Redactor:
             message = record.getMessage()
         except Exception:  # a malformed format string: leave the record to the handler's own error path
             return record
+        # The format string stays available to filters that group records by message (RepeatFilter).
+        record.template = record.msg
         record.msg, record.args = redactor(message), None
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redactor("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))

@@ -9,6 +9,7 @@ write); Kafka commits follow it for lag monitoring and as a fallback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from typing import Any
@@ -19,9 +20,12 @@ from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
 from stream.events.windows import make_windows
+from stream.kafka.clients import KafkaAccessError, check_kafka
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys
-from stream.worker.batch import BatchProcessor, OffsetConflict, offset_field
+from stream.store.connection import async_client, describe_redis_error
+from stream.store.writer import lua_script
+from stream.worker.batch import BatchProcessor, OffsetConflict, Stopping, offset_field
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
 
@@ -31,11 +35,18 @@ log = logging.getLogger(__name__)
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
-    """An asyncio Redis client for the configured URL and password."""
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return aioredis.Redis.from_url(
-        settings.redis_url, password=password, socket_timeout=10, socket_connect_timeout=5, health_check_interval=0
-    )
+    """An asyncio Redis client for the configured URL, user, password and TLS files."""
+    return async_client(settings)
+
+
+# At SIGTERM: how long the batch in flight and the offset commit may take, then each
+# client's close. A batch cut short is applied again at the next start (Redis's offsets
+# fence it), so giving up loses nothing.
+_SHUTDOWN_S = 10.0
+_CLOSE_S = 5.0
+# Start-up checks: outages back off up to this; failures needing an operator retry this often.
+_MAX_CHECK_BACKOFF_S = 30.0
+_PERMANENT_RETRY_S = 30.0
 
 
 def _tune_gc() -> None:
@@ -88,6 +99,8 @@ class BatchConsumer(Service):
 
     async def on_start(self) -> None:
         s = self.settings
+        if not await self._wait_until_usable():
+            return  # stopped before Kafka and Redis were usable: nothing was consumed
         self._redis = redis_client(s)
         keys = Keys(s.redis_key_prefix)
         self._store = AsyncStore(self._redis, keys, s.dedupe_horizon, s.state_ttl)
@@ -117,26 +130,82 @@ class BatchConsumer(Service):
         await self._consumer.start()
         _tune_gc()
         self.metrics.watch_lag(self._lag)
+        self.metrics.health.started = True
         log.info("consuming %s as group %s", ", ".join(self.topics), s.kafka_group_id)
 
+    async def _wait_until_usable(self) -> bool:
+        """Check Kafka (rights included) and Redis until both work, saying why not; False if stopped meanwhile."""
+        health = self.metrics.health
+        delay = 1.0
+        while not self.should_stop:
+            failure = await self._check_dependencies()
+            if failure is None:
+                return True
+            dependency, kind, message, permanent = failure
+            wait = _PERMANENT_RETRY_S if permanent else delay
+            health.failed(dependency, kind, f"cannot start: {message}", permanent, wait)
+            await self.sleep(wait)
+            delay = min(_MAX_CHECK_BACKOFF_S, delay * 2)
+        return False
+
+    async def _check_dependencies(self) -> tuple[str, str, str, bool] | None:
+        """None if Kafka and Redis work as the worker needs, else (dependency, kind, one line, permanent)."""
+        s = self.settings
+        health = self.metrics.health
+        try:
+            await check_kafka(s, read=self.topics, write=[s.dead_letter_topic], group=s.kafka_group_id)
+        except KafkaAccessError as exc:
+            return "kafka", exc.kind, str(exc), exc.permanent
+        health.recovered("kafka")
+        client = redis_client(s)
+        try:
+            # What the worker runs first: its script, and its offsets (no PING: its ACL need not allow it).
+            await client.script_load(lua_script("apply.lua"))
+            await client.hmget(Keys(s.redis_key_prefix).offsets, [offset_field(self.topics[0], 0)])
+        except Exception as exc:  # every failure becomes one line: see describe_redis_error
+            failure = describe_redis_error(exc, s)
+            return "redis", failure.kind, str(failure), failure.permanent
+        finally:
+            await client.aclose()
+        health.recovered("redis")
+        return None
+
     async def on_stop(self) -> None:
+        if self._processor is not None:
+            self._processor.stop()  # a retry loop waiting for Redis or Kafka gives up now
+        try:
+            await asyncio.wait_for(self._drain(), _SHUTDOWN_S)
+        except (TimeoutError, Stopping):
+            log.warning("stopping without finishing the batch in flight; it is applied again at the next start")
+        for name, client in (("consumer", self._consumer), ("producer", self._producer)):
+            if client is None:
+                continue
+            try:
+                await asyncio.wait_for(client.stop(), _CLOSE_S)
+            except TimeoutError:
+                log.warning("Kafka %s did not close within %.0fs (broker unreachable?)", name, _CLOSE_S)
+            except Exception as exc:
+                log.warning("Kafka %s closed with an error: %s", name, exc)
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def _drain(self) -> None:
         async with self._lock:
             await self._finish_inflight()
             await self._commit()
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
-        if self._redis is not None:
-            await self._redis.aclose()
 
     @Service.task
     async def _consume(self) -> None:
         # Two batches in flight: while Redis runs batch N's atomic write, this
         # loop fetches and decodes batch N+1. Batch N+1 reads entity states and
         # fences offsets only after N is acknowledged, so exactness is unchanged.
-        assert self._consumer is not None and self._processor is not None
-        consumer, processor = self._consumer, self._processor
+        if self._consumer is None or self._processor is None:
+            return  # stopped during start-up
+        # Stopping while Redis or Kafka was failing: what is not applied is read again next time.
+        with contextlib.suppress(Stopping):
+            await self._consume_loop(self._consumer, self._processor)
+
+    async def _consume_loop(self, consumer: AIOKafkaConsumer, processor: BatchProcessor) -> None:
         timeout = self.settings.batch_timeout_ms
         limit = self.settings.batch_max_records
         while not self.should_stop:
@@ -162,6 +231,8 @@ class BatchConsumer(Service):
         self._inflight = None
         try:
             applied = await task
+        except Stopping:
+            return False
         except OffsetConflict as conflict:
             log.warning("offset conflict on %s: resuming from Redis", conflict.field)
             await self._resync(partitions)
@@ -173,6 +244,17 @@ class BatchConsumer(Service):
                 self._to_commit[tp] = applied[field]
         self.batches += 1
         return True
+
+    @Service.timer(5.0)
+    async def _watch_kafka(self) -> None:
+        # aiokafka retries a lost broker on its own and only logs; the health says when it is back.
+        health = self.metrics.health
+        if health.started and health.failing("kafka"):
+            try:
+                await check_kafka(self.settings, timeout=3.0)
+            except KafkaAccessError:
+                return
+            health.recovered("kafka")
 
     @Service.timer(_GC_INTERVAL_S)
     async def _collect_garbage(self) -> None:
