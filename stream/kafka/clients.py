@@ -15,11 +15,13 @@ operation on which resource), or a topic missing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ssl
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from urllib.parse import quote
 
 import aiokafka.errors as Errors
 from aiokafka.abc import AbstractTokenProvider
@@ -149,9 +151,7 @@ class OidcTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
-                session.post(
-                    self.url, data=form, auth=aiohttp.BasicAuth(self.client_id, self._secret), ssl=context
-                ) as resp,
+                session.post(self.url, data=form, headers={"Authorization": self._basic_auth()}, ssl=context) as resp,
             ):
                 body = await resp.read()
                 status = resp.status
@@ -178,6 +178,11 @@ class OidcTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
         lifetime = float(doc.get("expires_in") or 300)
         self._token = token
         self._refresh_at = time.monotonic() + max(1.0, lifetime - min(60.0, lifetime / 5))
+
+    def _basic_auth(self) -> str:
+        # RFC 6749, section 2.3.1: id and secret form-urlencoded, then base64 as HTTP basic auth.
+        pair = f"{quote(self.client_id, safe='')}:{quote(self._secret, safe='')}"
+        return "Basic " + base64.b64encode(pair.encode()).decode()
 
     def extensions(self) -> dict[str, str]:
         """No SASL extensions."""
@@ -453,7 +458,7 @@ async def _check_rights(
     who = _who(settings)
     if needs:
         md = await asyncio.wait_for(conn.send(_AuthorizedMetadata(sorted(needs))), timeout)
-        for error, topic, _, _, allowed in md.topics:
+        for error, topic, _, _, allowed in sorted(md.topics, key=lambda t: str(t[1])):
             if error == Errors.TopicAuthorizationFailedError.errno:
                 raise KafkaAccessError("acl", f"Kafka denies Describe on topic {topic} to {who} (an ACL is missing)")
             if error == Errors.UnknownTopicOrPartitionError.errno:

@@ -17,6 +17,7 @@ checked by Kafka's OAuthBearerValidatorCallbackHandler against its JWKS endpoint
 from __future__ import annotations
 
 import shlex
+import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,10 +67,13 @@ class Acl:
     pattern: str = "literal"
 
 
-def acls_from_commands(text: str, replace: dict[str, str] | None = None) -> list[Acl]:
+def acls_from_commands(
+    text: str, replace: dict[str, str] | None = None, principals: dict[str, str] | None = None
+) -> list[Acl]:
     """The ACLs that the `kafka-acls.sh --add ...` commands in `text` create (one command per line).
 
-    `replace` rewrites resource names (e.g. the docs' `crm.` prefix into a test's own).
+    `replace` rewrites resource names (e.g. the docs' `crm.` prefix into a test's own),
+    `principals` maps the docs' principals to the test's.
     """
     acls: list[Acl] = []
     for line in text.splitlines():
@@ -77,14 +81,16 @@ def acls_from_commands(text: str, replace: dict[str, str] | None = None) -> list
         if not line.startswith("kafka-acls") or "--add" not in line:
             continue
         words = shlex.split(line)
-        principals, operations, resources = [], [], []
+        allowed: list[str] = []
+        operations: list[str] = []
+        resources: list[tuple[str, str]] = []
         pattern = "literal"
         i = 0
         while i < len(words):
             word = words[i]
             value = words[i + 1] if i + 1 < len(words) else ""
             if word == "--allow-principal":
-                principals.append(value)
+                allowed.append((principals or {}).get(value, value))
             elif word == "--operation":
                 operations.append(value)
             elif word in ("--topic", "--group"):
@@ -98,7 +104,7 @@ def acls_from_commands(text: str, replace: dict[str, str] | None = None) -> list
             elif word == "--resource-pattern-type":
                 pattern = value
             i += 2 if word.startswith("--") and word != "--cluster" else 1
-        for principal in principals:
+        for principal in allowed:
             for resource, name in resources:
                 for op in operations:
                     acls.append(Acl(principal, op, resource, name, pattern))
@@ -108,9 +114,9 @@ def acls_from_commands(text: str, replace: dict[str, str] | None = None) -> list
 class SecureKafka:
     """The broker, its CA, its OIDC provider and its users (see the module's table)."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
-        self.dir = workdir or Path(tempfile.mkdtemp(prefix="secure-kafka-"))
-        self.authority = Authority(self.dir / "pki")
+    def __init__(self, authority: Authority | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="secure-kafka-"))
+        self.authority = authority or Authority(self.dir / "pki")
         self.server = self.authority.issue("kafka-broker", server=True, password=SERVER_KEY_PASSWORD, java=True)
         self.client = self.authority.issue(MTLS_CN, password=CLIENT_KEY_PASSWORD)
         self.oidc = OidcServer({OAUTH_CLIENT[0]: OAUTH_CLIENT[1]}).start()
@@ -170,6 +176,7 @@ class SecureKafka:
     def stop(self) -> None:
         self.broker.stop()
         self.oidc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     @property
     def bootstrap(self) -> str:
