@@ -306,7 +306,8 @@ class _AuthorizedGroup(Request[_DescribeGroupsStruct]):  # type: ignore[misc]
         return request_struct_class([self.group], True)
 
 
-def _who(settings: Settings) -> str:
+def who(settings: Settings) -> str:
+    """Who the clients authenticate as, for messages: mechanism and user, or the client certificate."""
     mechanism = settings.kafka_sasl_mechanism or "PLAIN"
     if settings.kafka_security_protocol.startswith("SASL"):
         user = settings.kafka_sasl_oauth_client_id if mechanism == "OAUTHBEARER" else settings.kafka_sasl_username
@@ -330,6 +331,8 @@ def _ssl_reason(exc: BaseException) -> str:
 def _os_reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "no answer in time"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by peer"
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return str(text)
 
@@ -350,19 +353,29 @@ def describe_kafka_error(exc: BaseException, settings: Settings, where: str) -> 
     if isinstance(exc, ssl.SSLError):
         reason = _ssl_reason(exc)
         hint = ""
-        if "certificate required" in reason or "handshake failure" in reason:
+        if any(w in reason for w in ("certificate required", "bad certificate", "handshake failure")):
             hint = " (does the listener require a client certificate? CRM_KPI_KAFKA_SSL_CERTFILE)"
-        elif "wrong version number" in reason or "record layer failure" in reason or "packet length" in reason:
+        elif any(w in reason for w in ("wrong version number", "record layer failure", "packet length")):
             hint = f" (is it a TLS listener? CRM_KPI_KAFKA_SECURITY_PROTOCOL={protocol})"
         return KafkaAccessError("tls", f"TLS handshake with Kafka at {where} failed: {reason}{hint}")
-    if isinstance(exc, Errors.SaslAuthenticationFailed | Errors.IllegalSaslStateError):
+    if isinstance(exc, Errors.IllegalSaslStateError):
+        return KafkaAccessError(
+            "config", f"Kafka at {where} does not expect SASL on this listener "
+            f"(is it a SASL listener? CRM_KPI_KAFKA_SECURITY_PROTOCOL={protocol})",
+        )
+    if isinstance(exc, Errors.SaslAuthenticationFailed):
         detail = str(exc.args[0] if exc.args else exc) or "refused"
         detail = detail.removeprefix("[Error 58] SaslAuthenticationFailed: ")
-        return KafkaAccessError("auth", f"Kafka at {where} refused {_who(settings)}: {detail}")
+        return KafkaAccessError("auth", f"Kafka at {where} refused {who(settings)}: {detail}")
     if isinstance(exc, Errors.UnsupportedSaslMechanismError):
         return KafkaAccessError(
-            "auth", f"Kafka at {where} does not enable CRM_KPI_KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism}: "
-            f"{str(exc).split('Enabled mechanisms are:')[-1].strip()} enabled"
+            "auth", f"Kafka at {where} does not enable SASL mechanism {settings.kafka_sasl_mechanism or 'PLAIN'} "
+            "on this listener (CRM_KPI_KAFKA_SASL_MECHANISM)",
+        )
+    if isinstance(exc, ConnectionResetError | BrokenPipeError) and protocol in ("SSL", "SASL_SSL"):
+        return KafkaAccessError(
+            "tls", f"TLS handshake with Kafka at {where} failed: the broker reset the connection "
+            f"(is it a TLS listener? CRM_KPI_KAFKA_SECURITY_PROTOCOL={protocol})",
         )
     if isinstance(exc, ConnectionRefusedError | OSError) and not isinstance(exc, ssl.SSLError):
         return KafkaAccessError(
@@ -440,6 +453,9 @@ async def check_kafka(
             failures[0].kind, f"{failures[0]} (and {len(failures) - 1} more bootstrap server(s) failed)"
         )
     try:
+        # A metadata request even when no right is to be checked: a listener that expects
+        # SASL (or TLS) the client did not do closes the connection here.
+        await asyncio.wait_for(conn.send(_AuthorizedMetadata([])), timeout)
         await _check_rights(settings, conn, where, read, write, describe, group, timeout)
     except (TimeoutError, OSError, Errors.KafkaError) as exc:
         raise describe_kafka_error(exc, settings, where) from None
@@ -455,12 +471,14 @@ async def _check_rights(
     for ops, topics in ((READ, read), (WRITE, write), (DESCRIBE, describe)):
         for topic in topics:
             needs.setdefault(topic, {DESCRIBE}).add(ops)
-    who = _who(settings)
+    principal = who(settings)
     if needs:
         md = await asyncio.wait_for(conn.send(_AuthorizedMetadata(sorted(needs))), timeout)
         for error, topic, _, _, allowed in sorted(md.topics, key=lambda t: str(t[1])):
             if error == Errors.TopicAuthorizationFailedError.errno:
-                raise KafkaAccessError("acl", f"Kafka denies Describe on topic {topic} to {who} (an ACL is missing)")
+                raise KafkaAccessError(
+                    "acl", f"Kafka denies Describe on topic {topic} to {principal} (an ACL is missing)"
+                )
             if error == Errors.UnknownTopicOrPartitionError.errno:
                 raise KafkaAccessError(
                     "topic", f"topic {topic} does not exist on Kafka at {where} (run `crm-kpi topics create`)"
@@ -473,16 +491,18 @@ async def _check_rights(
             for op in sorted(needs.get(topic, ())):
                 if not allowed & (1 << op):
                     raise KafkaAccessError(
-                        "acl", f"Kafka denies {_OPERATION[op]} on topic {topic} to {who} (an ACL is missing)"
+                        "acl", f"Kafka denies {_OPERATION[op]} on topic {topic} to {principal} (an ACL is missing)"
                     )
     if group is not None:
-        await _check_group(settings, conn, where, group, who, timeout)
+        await _check_group(settings, conn, where, group, principal, timeout)
 
 
-async def _check_group(settings: Settings, conn: Any, where: str, group: str, who: str, timeout: float) -> None:
+async def _check_group(
+    settings: Settings, conn: Any, where: str, group: str, principal: str, timeout: float
+) -> None:
     found = await asyncio.wait_for(conn.send(FindCoordinatorRequest(group, 0)), timeout)
     if found.error_code == Errors.GroupAuthorizationFailedError.errno:
-        raise KafkaAccessError("acl", f"Kafka denies Read on group {group} to {who} (an ACL is missing)")
+        raise KafkaAccessError("acl", f"Kafka denies Read on group {group} to {principal} (an ACL is missing)")
     if found.error_code:
         # The coordinator is not ready yet (a broker just started): the consumer will wait for it.
         return
@@ -501,4 +521,4 @@ async def _check_group(settings: Settings, conn: Any, where: str, group: str, wh
         if error == Errors.GroupAuthorizationFailedError.errno or (
             not error and allowed != _NOT_REQUESTED and not allowed & (1 << READ)
         ):
-            raise KafkaAccessError("acl", f"Kafka denies Read on group {name} to {who} (an ACL is missing)")
+            raise KafkaAccessError("acl", f"Kafka denies Read on group {name} to {principal} (an ACL is missing)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiokafka.errors as Errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.kafka.clients import KafkaAccessError, check_kafka
+from stream.kafka.clients import KafkaAccessError, check_kafka, who
 from stream.settings import Settings
 
 __all__ = ["create_topics"]
@@ -36,8 +36,8 @@ async def create_topics(settings: Settings) -> list[str]:
                     continue
                 if code in (Errors.TopicAuthorizationFailedError.errno, Errors.ClusterAuthorizationFailedError.errno):
                     raise KafkaAccessError(
-                        "acl", f"Kafka denies Create on topic {name} (topics create needs Create on the cluster "
-                        "or on the topics: docs/security.md)",
+                        "acl", f"Kafka denies Create on topic {name} to {who(settings)} (topics create needs "
+                        "Create on the cluster or on the topics: docs/security.md)",
                     )
                 if code:
                     detail = rest[0] if rest and isinstance(rest[0], str) and rest[0] else Errors.for_code(code).message
