@@ -84,7 +84,7 @@ def install_redaction(secrets: Iterable[str | None] = ()) -> Redactor:
             return record
         # The format string stays available to filters that group records by message (RepeatFilter).
         record.template = record.msg
-        record.msg, record.args = redactor(message), None
+        record.msg, record.args = redactor(message), ()
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redactor("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
         return record

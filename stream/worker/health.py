@@ -142,7 +142,7 @@ class RepeatFilter(logging.Filter):
             return False
         if seen is not None and seen[1]:
             record.msg = f"{record.getMessage()} (and {seen[1]} similar lines in the last {now - seen[0]:.0f}s)"
-            record.args = None
+            record.args = ()
         if len(self._seen) >= self.max_keys:
             self._seen.clear()
         self._seen[key] = (now, 0)

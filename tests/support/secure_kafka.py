@@ -16,6 +16,7 @@ checked by Kafka's OAuthBearerValidatorCallbackHandler against its JWKS endpoint
 
 from __future__ import annotations
 
+import gc
 import shlex
 import shutil
 import tempfile
@@ -54,6 +55,12 @@ VARIANTS = {
 _PLAIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
 _SCRAM_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
 _OAUTH = "org.apache.kafka.common.security.oauthbearer"
+
+
+_WITH_VALUE = {
+    "--bootstrap-server", "--command-config", "--allow-principal", "--operation", "--topic", "--group",
+    "--resource-pattern-type", "--allow-host",
+}
 
 
 @dataclass(frozen=True)
@@ -100,10 +107,9 @@ def acls_from_commands(
                 resources.append((word[2:], name))
             elif word == "--cluster":
                 resources.append(("cluster", "kafka-cluster"))
-                i -= 1
             elif word == "--resource-pattern-type":
                 pattern = value
-            i += 2 if word.startswith("--") and word != "--cluster" else 1
+            i += 2 if word in _WITH_VALUE else 1
         for principal in allowed:
             for resource, name in resources:
                 for op in operations:
@@ -174,6 +180,8 @@ class SecureKafka:
         return self
 
     def stop(self) -> None:
+        self._admin = None  # librdkafka's client would keep reconnecting to the stopped broker
+        gc.collect()
         self.broker.stop()
         self.oidc.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

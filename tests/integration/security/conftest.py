@@ -80,3 +80,33 @@ def web_files(pki: Authority, tmp_path_factory: pytest.TempPathFactory) -> WebFi
         f"basic_auth_users:\n  {METRICS_USER}: {hashed}\n"
     )
     return WebFiles(path, pki.ca, METRICS_USER, METRICS_PASSWORD, cert)
+
+
+def fetch(url: str, web: WebFiles | None = None, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    """GET `url` (over TLS verified with the web files' CA when https); (status, body). Raises OSError."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    context = web.client_context() if web is not None and url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+def scrape_secure(url: str, web: WebFiles) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape a /metrics page over TLS with basic auth: {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = fetch(url, web, (web.user, web.password))
+    assert status == 200, (status, text)
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
