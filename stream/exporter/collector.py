@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # A scrape must answer within a second even while Redis hangs (frozen, or a dead
 # connection): the read normally takes ~20 ms (README "Performance").
-SCRAPE_REDIS_TIMEOUT_S = 0.8
+SCRAPE_REDIS_TIMEOUT_S = 0.5
 
 
 def sync_redis(settings: Settings, timeout: float = 5.0) -> redis.Redis:

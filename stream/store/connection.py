@@ -118,7 +118,7 @@ def describe_redis_error(exc: BaseException, settings: Settings) -> RedisAccessE
     if isinstance(exc, rex.AuthenticationError | rex.AuthenticationWrongNumberOfArgsError) or text.startswith(
         ("WRONGPASS", "NOAUTH", "invalid username-password")
     ):
-        if "NOAUTH" in text or "Authentication required" in text:
+        if "NOAUTH" in text or "Authentication required" in text or "HELLO must be called" in text:
             return RedisAccessError(
                 "auth", f"Redis at {where} requires authentication: set CRM_KPI_REDIS_PASSWORD (and a user name)"
             )
@@ -142,11 +142,17 @@ def describe_redis_error(exc: BaseException, settings: Settings) -> RedisAccessE
     if isinstance(exc, rex.BusyLoadingError):
         return RedisAccessError("loading", f"Redis at {where} is loading its data")
     if isinstance(exc, rex.TimeoutError):
+        if tls and "handshake" in str(exc.__context__ or exc.__cause__ or ""):
+            return RedisAccessError(
+                "timeout", f"TLS handshake with Redis at {where} timed out (is it a TLS port? a plain port needs "
+                "redis://)",
+            )
         return RedisAccessError("timeout", f"Redis at {where} did not answer in time")
     if isinstance(exc, rex.ConnectionError | OSError):
-        if "Connection closed by server" in text and not tls:
+        if not tls and ("Connection closed by server" in text or "reset by peer" in text):
+            # Also what a restarting Redis does: an outage to wait out, with a hint for the likelier cause at start.
             return RedisAccessError(
-                "tls", f"Redis at {where} closed the connection at once (is it a TLS port? use a rediss:// URL)"
+                "unreachable", f"Redis at {where} closed the connection (is it a TLS port? use a rediss:// URL)"
             )
         reason = text.split(". ", 1)[-1].rstrip(".") if text.startswith("Error ") else text
         return RedisAccessError("unreachable", f"Redis unreachable at {where} (CRM_KPI_REDIS_URL): {reason}")

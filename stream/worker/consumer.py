@@ -187,7 +187,10 @@ class BatchConsumer(Service):
             except Exception as exc:
                 log.warning("Kafka %s closed with an error: %s", name, exc)
         if self._redis is not None:
-            await self._redis.aclose()
+            try:  # a frozen Redis never acknowledges the TLS close: do not wait for it
+                await asyncio.wait_for(self._redis.aclose(), 1.0)
+            except Exception as exc:
+                log.debug("Redis client closed with an error: %s", exc)
 
     async def _drain(self) -> None:
         async with self._lock:
