@@ -92,8 +92,16 @@ def create_app(settings: Settings) -> tuple[Any, BatchConsumer]:
     return app, service
 
 
+_CONNECTION_WORDS = ("connect", "Connection", "metadata", "Failed fetch", "NodeNotReady", "oordinator")
+
+
 class _KafkaLogs(RepeatFilter):
-    """aiokafka's own lines: at most one per message a minute, and its connection errors mark Kafka failing."""
+    """aiokafka's own lines while the worker runs.
+
+    Its connection failures (dozens a second while a broker is away) become one health
+    state, logged on change (stream/worker/health.py); its other warnings pass at most
+    once a minute per message.
+    """
 
     def __init__(self, health: Health) -> None:
         super().__init__()
@@ -102,8 +110,9 @@ class _KafkaLogs(RepeatFilter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING and self.health.started:
             text = record.getMessage()
-            if any(word in text for word in ("connect", "Connection", "metadata", "Failed fetch")):
-                self.health.failed("kafka", "unreachable", f"Kafka: {text}", False, 5.0)
+            if any(word in text for word in _CONNECTION_WORDS):
+                self.health.failed("kafka", "unreachable", f"Kafka unreachable: {text}", False, 5.0)
+                return False
         return super().filter(record)
 
 
@@ -135,9 +144,13 @@ def run_worker(settings: Settings) -> None:
         pass
     _check_bind(settings.worker_host, settings.worker_port)
     app, service = create_app(settings)
-    kafka_log = logging.getLogger("aiokafka")
     if settings.log_level != "debug":
-        kafka_log.setLevel(logging.WARNING)
-    kafka_log.addFilter(_KafkaLogs(service.metrics.health))
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # A logger's filters see only its own records, not its children's: every aiokafka
+    # logger gets the filter (they all exist once the client modules are imported).
+    kafka_logs = _KafkaLogs(service.metrics.health)
+    for name in ["aiokafka", *logging.root.manager.loggerDict]:
+        if name == "aiokafka" or name.startswith("aiokafka."):
+            logging.getLogger(name).addFilter(kafka_logs)
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

@@ -87,15 +87,20 @@ class Health:
         return dependency in self._failing
 
     def failed(self, dependency: str, kind: str, message: str, permanent: bool, retry_in: float) -> None:
-        """Record a failed attempt; log it if it is new, changed, or last logged `REPEAT_S` ago."""
+        """Record a failed attempt; log it if it is new, of another kind, or last logged `REPEAT_S` ago.
+
+        The state is the kind of failure, not its text: a broker outage whose attempts fail
+        with alternating messages is one state, logged once.
+        """
         self.failures.labels(dependency, kind).inc()
         now = self._now()
         known = self._failing.get(dependency)
-        if known is not None and known.message == message:
+        if known is not None and known.kind == kind:
             known.attempts += 1
             if now - known.logged_at < REPEAT_S:
                 return
             known.logged_at = now
+            known.message = message
             self._log(permanent, f"{message}; still failing after {now - known.since:.0f}s "
                                  f"({known.attempts} attempts), retrying every {retry_in:.0f}s")
             return
