@@ -73,7 +73,8 @@ def test_kpis_fails_in_one_line(
     if url.startswith("rediss:"):
         env["CRM_KPI_REDIS_TLS_CAFILE"] = str(secure_redis.authority.ca)
     env.update({f"CRM_KPI_{k.upper()}": v.format(user=user, other_ca=other_ca) for k, v in settings.items()})
-    for command in ("kpis", "at-risk"):
+    # Both read commands share the client: the second is run for the first case only.
+    for command in ("kpis", "at-risk") if expected == CASES[0][3] else ("kpis",):
         run = crm_kpi(env, command)
         line = one_line(run)
         assert run.code == 1, run.output
