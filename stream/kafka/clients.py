@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import ssl
 import time
 from collections.abc import Iterable, Sequence
@@ -324,7 +325,7 @@ def _ssl_reason(exc: BaseException) -> str:
     if isinstance(inner, ssl.SSLCertVerificationError):
         return str(inner.verify_message or inner.reason or inner)
     if isinstance(inner, ssl.SSLError):
-        return str(inner.reason or inner).replace("_", " ").lower()
+        return re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(inner.reason or inner)).replace("_", " ").lower()
     return str(exc)
 
 

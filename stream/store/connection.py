@@ -13,6 +13,7 @@ command or key the ACL refused), timeout.
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -132,11 +133,13 @@ def describe_redis_error(exc: BaseException, settings: Settings) -> RedisAccessE
             return RedisAccessError(
                 "tls", f"TLS handshake with Redis at {where} failed: {reason} (check CRM_KPI_REDIS_TLS_CAFILE)"
             )
-        reason = str(cause.reason or cause).replace("_", " ").lower()
+        reason = re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(cause.reason or cause)).replace("_", " ").lower()
         hint = ""
         if "wrong version number" in reason or "record layer" in reason or "packet length" in reason:
             hint = " (is it a TLS port? a plain port needs redis://)"
-        elif "certificate required" in reason or "handshake failure" in reason:
+        elif "certificate required" in reason or "handshake failure" in reason or (
+            "eof" in reason and not settings.redis_tls_certfile
+        ):
             hint = " (does Redis require a client certificate? CRM_KPI_REDIS_TLS_CERTFILE)"
         return RedisAccessError("tls", f"TLS handshake with Redis at {where} failed: {reason}{hint}")
     if isinstance(exc, rex.BusyLoadingError):

@@ -408,8 +408,8 @@ class ApacheKafka:
                 *self._jvm("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"),
                 "kafka.tools.StorageTool",
                 "format",
-                "--cluster-id",
-                self.cluster_id,
+                # One argument: a random id may start with "-", which argparse would take for an option.
+                f"--cluster-id={self.cluster_id}",
                 "--config",
                 str(config),
                 "--standalone",

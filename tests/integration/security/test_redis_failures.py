@@ -237,3 +237,27 @@ async def test_redis_frozen_pauses_the_worker_and_the_exporter_answers_within_a_
     assert len([line for line in log.splitlines() if "crm_exporter_redis_up 0" in line]) <= 2, log
     assert "Traceback" not in (tmp_path / "worker.log").read_text()
     assert fetch  # the module's helpers stay in use
+
+
+def test_a_client_certificate_when_redis_requires_one(pki: Authority, prefix: str, tmp_path: Path) -> None:
+    """`tls-auth-clients yes`: without CRM_KPI_REDIS_TLS_CERTFILE one line naming it, with it the read works."""
+    server = SecureRedis(pki, client_certs=True).start()
+    client = pki.issue(f"{prefix}-redis-client")
+    try:
+        env = {
+            "CRM_KPI_REDIS_URL": server.url(tls=True), "CRM_KPI_REDIS_TLS_CAFILE": str(pki.ca),
+            "CRM_KPI_REDIS_PASSWORD": ADMIN_PASSWORD, "CRM_KPI_REDIS_KEY_PREFIX": prefix,
+        }
+        run = crm_kpi(env, "kpis")
+        assert run.code == 1
+        assert re.fullmatch(
+            r"crm-kpi: TLS handshake with Redis at 127\.0\.0\.1:\d+ failed: .*\(does Redis require a client "
+            r"certificate\? CRM_KPI_REDIS_TLS_CERTFILE\)",
+            one_line(run),
+        ), run.output
+        env |= {"CRM_KPI_REDIS_TLS_CERTFILE": str(client.cert), "CRM_KPI_REDIS_TLS_KEYFILE": str(client.key)}
+        run = crm_kpi(env, "kpis", "--json")
+        assert run.code == 0, run.output
+        assert ADMIN_PASSWORD not in run.output
+    finally:
+        server.stop()

@@ -159,3 +159,13 @@ def test_repeat_filter_lets_one_line_a_minute_through() -> None:
     passed = [r for r in records if f.filter(r)]
     assert len(passed) == 1 and f.suppressed == 99
     assert f.filter(logging.LogRecord("aiokafka.x", logging.DEBUG, "f", 1, "debug %s", (1,), None))
+
+
+def test_host_name_checks_can_be_switched_off_but_verification_stays(tmp_path: Path) -> None:
+    from stream.security.tls import TlsFiles, client_context
+
+    ca = Authority(tmp_path)
+    strict = client_context(TlsFiles("CRM_KPI_KAFKA_SSL", str(ca.ca)))
+    lax = client_context(TlsFiles("CRM_KPI_KAFKA_SSL", str(ca.ca), check_hostname=False))
+    assert strict.check_hostname and not lax.check_hostname
+    assert strict.verify_mode == lax.verify_mode == ssl.CERT_REQUIRED
