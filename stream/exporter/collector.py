@@ -84,7 +84,8 @@ class KpiCollector(Collector):
         try:
             snap = snapshot(self.client, self.settings)
         except (redis.RedisError, OSError) as exc:
-            self._failed(str(describe_redis_error(exc, self.settings)))
+            failure = describe_redis_error(exc, self.settings)
+            self._failed(str(failure), failure.permanent)
             up = 0
         else:
             self._recovered()
@@ -99,15 +100,16 @@ class KpiCollector(Collector):
         )
 
 
-    def _failed(self, line: str) -> None:
-        # One line when Redis starts failing or the failure changes, then once a minute.
+    def _failed(self, line: str, permanent: bool) -> None:
+        # One line when Redis starts failing or the failure changes, then once a minute;
+        # ERROR when no retry can fix it (a wrong password, a missing right, TLS).
         now = time.monotonic()
         with self._lock:
             self._errors += 1
             if line == self._failing and now - self._logged_at < 60:
                 return
             self._failing, self._logged_at = line, now
-        log.warning("scrape: %s (crm_exporter_redis_up 0)", line)
+        log.log(logging.ERROR if permanent else logging.WARNING, "scrape: %s (crm_exporter_redis_up 0)", line)
 
     def _recovered(self) -> None:
         with self._lock:
@@ -140,6 +142,9 @@ def run_exporter(settings: Settings, block: bool = True) -> Any:
     log.info(
         "exporter serving %s://%s:%d/metrics%s", config.scheme, settings.exporter_host, settings.exporter_port, auth
     )
+    # One read now, so a Redis that is unreachable or refuses the exporter's user is said
+    # at start (one line), not only at the first scrape.
+    list(KpiCollector(client, settings).collect())
     if not block:
         return server
     import signal
