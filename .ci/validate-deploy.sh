@@ -55,10 +55,18 @@ echo "== ${compose[*]} config -q"
 # Placeholders so the check does not depend on the caller's environment.
 GRAFANA_ADMIN_PASSWORD=validate "${compose[@]}" -f docker-compose.yml config -q
 
+# The secured variant names generated files (its secrets): make a throwaway set to check it.
+secure_out="$(mktemp -d)"
+bash deploy/secure/make-secrets.sh "$secure_out" >/dev/null
+secure_compose="$secure_out/docker-compose.secure.yml"
+sed "s#\./deploy/secure/generated#$secure_out#g" docker-compose.secure.yml >"$secure_compose"
+echo "== ${compose[*]} -f docker-compose.yml -f docker-compose.secure.yml config -q"
+GRAFANA_ADMIN_PASSWORD=validate "${compose[@]}" --project-directory . -f docker-compose.yml -f "$secure_compose" config -q
+
 # prometheus.yml names rule files by their path inside the container; check a
 # copy pointing at the repo's rules folder so the rules are loaded too.
 tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
+trap 'rm -rf "$tmp" "$secure_out"' EXIT
 rules_dir="$PWD/deploy/prometheus/rules"
 sed "s#/etc/prometheus/rules/#$rules_dir/#g" deploy/prometheus/prometheus.yml >"$tmp/prometheus.yml"
 if ! grep -q "$rules_dir/" "$tmp/prometheus.yml"; then
@@ -67,6 +75,12 @@ if ! grep -q "$rules_dir/" "$tmp/prometheus.yml"; then
 fi
 echo "== promtool check config deploy/prometheus/prometheus.yml (rules from $rules_dir)"
 promtool check config "$tmp/prometheus.yml"
+# The secured config reads the CA and the password from compose secrets.
+sed -e "s#/etc/prometheus/rules/#$rules_dir/#g" -e "s#/run/secrets/crm-kpi-ca#$secure_out/ca.crt#g" \
+    -e "s#/run/secrets/metrics-password#$secure_out/passwords/metrics#g" \
+    deploy/prometheus/prometheus-secure.yml >"$tmp/prometheus-secure.yml"
+echo "== promtool check config deploy/prometheus/prometheus-secure.yml"
+promtool check config "$tmp/prometheus-secure.yml"
 
 shopt -s nullglob
 rule_files=(deploy/prometheus/rules/*.yml)

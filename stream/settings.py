@@ -5,12 +5,15 @@ A bad value stops start-up with one line naming the setting (`SettingsError`).
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from datetime import date
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas import TOPIC_FAMILY
@@ -18,7 +21,15 @@ from stream.events.windows import format_duration
 from stream.kpis.business_hours import Schedule, parse_hours
 from stream.kpis.registry import KpiConfig
 
-__all__ = ["Priority", "Settings", "SettingsError", "format_duration", "load_settings", "parse_duration"]
+__all__ = [
+    "SECRET_SETTINGS",
+    "Priority",
+    "Settings",
+    "SettingsError",
+    "format_duration",
+    "load_settings",
+    "parse_duration",
+]
 
 Priority = Literal["urgent", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")
@@ -74,20 +85,62 @@ def _sla(value: Any) -> Any:
 Seconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 
 
+def _none_if_empty(value: Any) -> Any:
+    # Compose files pass optional secrets through as `${VAR:-}`: empty means "not set".
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+OptStr = Annotated[str | None, BeforeValidator(_none_if_empty)]
+OptSecret = Annotated[SecretStr | None, BeforeValidator(_none_if_empty)]
+
+# Settings whose values are never shown, in messages or logs (docs/security.md).
+SECRET_SETTINGS = (
+    "kafka_sasl_password",
+    "kafka_sasl_oauth_client_secret",
+    "kafka_ssl_key_password",
+    "redis_password",
+)
+_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+
+
+def _env(name: str) -> str:
+    return f"CRM_KPI_{name.upper()}"
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """Every knob of worker, exporter and tools; see README 'Settings'."""
 
     model_config = SettingsConfigDict(env_prefix="CRM_KPI_", extra="ignore", frozen=True)
 
-    # Kafka
+    # Kafka (security: docs/security.md)
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: str | None = None
-    kafka_ssl_certfile: str | None = None
-    kafka_ssl_keyfile: str | None = None
+    kafka_sasl_mechanism: Annotated[
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None, BeforeValidator(_none_if_empty)
+    ] = None
+    kafka_sasl_username: OptStr = None
+    kafka_sasl_password: OptSecret = None
+    kafka_sasl_oauth_token_url: OptStr = None
+    kafka_sasl_oauth_client_id: OptStr = None
+    kafka_sasl_oauth_client_secret: OptSecret = None
+    kafka_sasl_oauth_scope: OptStr = None
+    kafka_ssl_cafile: OptStr = None
+    kafka_ssl_certfile: OptStr = None
+    kafka_ssl_keyfile: OptStr = None
+    kafka_ssl_key_password: OptSecret = None
+    kafka_ssl_check_hostname: bool = True
     kafka_group_id: str = "crm-kpi-worker"
     topic_prefix: str = Field("crm.", pattern=r"^[A-Za-z0-9._-]*$")
     topic_partitions: int = Field(4, ge=1, le=1024)
@@ -95,7 +148,11 @@ class Settings(BaseSettings):
 
     # Redis
     redis_url: str = Field("redis://localhost:6379/0", pattern=r"^(redis|rediss|unix)://")
-    redis_password: SecretStr | None = None
+    redis_username: OptStr = None
+    redis_password: OptSecret = None
+    redis_tls_cafile: OptStr = None
+    redis_tls_certfile: OptStr = None
+    redis_tls_keyfile: OptStr = None
     redis_key_prefix: str = Field("crm", pattern=r"^[A-Za-z0-9_.:-]+$")
 
     # Windows and state
@@ -138,10 +195,14 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(50, ge=0, le=60_000)
     commit_interval: Seconds = 1.0
 
-    # Ports
+    # Endpoints: bind addresses, ports, TLS and basic auth of both /metrics (docs/security.md)
+    worker_host: str = "0.0.0.0"
     worker_port: int = Field(6066, ge=1, le=65535)
-    exporter_port: int = Field(9464, ge=1, le=65535)
     exporter_host: str = "0.0.0.0"
+    exporter_port: int = Field(9464, ge=1, le=65535)
+    web_config_file: OptStr = None
+    # Where secret files are read from (docs/security.md); read by `load_settings`, kept for reference.
+    secrets_dir: OptStr = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("windows")
@@ -189,6 +250,115 @@ class Settings(BaseSettings):
             raise ValueError("SLA durations must be > 0")
         return v
 
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        """Every security setting is complete and its files usable, before any connection is made."""
+        self._check_kafka_security()
+        self._check_redis_security()
+        if self.web_config_file:
+            from stream.security.webconfig import load_web_config
+
+            load_web_config(self.web_config_file)
+        return self
+
+    def _check_kafka_security(self) -> None:
+        protocol = self.kafka_security_protocol
+        proto = f"CRM_KPI_KAFKA_SECURITY_PROTOCOL={protocol}"
+        sasl_fields = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
+                       "kafka_sasl_oauth_token_url", "kafka_sasl_oauth_client_id",
+                       "kafka_sasl_oauth_client_secret", "kafka_sasl_oauth_scope")
+        if protocol not in _SASL_PROTOCOLS:
+            for name in sasl_fields:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{_env(name)} is set but {proto} does not use SASL (use SASL_SSL)")
+        else:
+            mechanism = self.kafka_sasl_mechanism or "PLAIN"
+            mech = f"CRM_KPI_KAFKA_SASL_MECHANISM={mechanism}"
+            needed: tuple[str, ...]
+            unused: tuple[str, ...]
+            if mechanism == "OAUTHBEARER":
+                needed = ("kafka_sasl_oauth_token_url", "kafka_sasl_oauth_client_id", "kafka_sasl_oauth_client_secret")
+                unused = ("kafka_sasl_username", "kafka_sasl_password")
+            else:
+                needed = ("kafka_sasl_username", "kafka_sasl_password")
+                unused = ("kafka_sasl_oauth_token_url", "kafka_sasl_oauth_client_id",
+                          "kafka_sasl_oauth_client_secret", "kafka_sasl_oauth_scope")
+            for name in needed:
+                if getattr(self, name) is None:
+                    raise ValueError(f"{_env(name)} is required with {proto} and {mech}")
+            for name in unused:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{_env(name)} is set but {mech} does not use it")
+            if mechanism == "OAUTHBEARER":
+                self._check_token_url(str(self.kafka_sasl_oauth_token_url))
+        tls_fields = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password")
+        if protocol not in _TLS_PROTOCOLS:
+            for name in tls_fields:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{_env(name)} is set but {proto} does not use TLS (use SSL or SASL_SSL)")
+        else:
+            from stream.security.tls import client_context
+
+            client_context(self.kafka_tls_files())
+
+    @staticmethod
+    def _check_token_url(url: str) -> None:
+        name = "CRM_KPI_KAFKA_SASL_OAUTH_TOKEN_URL"
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"{name} must be an https:// URL of the OIDC token endpoint")
+        if parts.username or parts.password:
+            raise ValueError(f"{name} must not carry credentials (use CRM_KPI_KAFKA_SASL_OAUTH_CLIENT_SECRET)")
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            raise ValueError(f"{name} must be https:// (the client secret would travel in the clear)")
+
+    def _check_redis_security(self) -> None:
+        url = urlsplit(self.redis_url)
+        if url.password is not None and self.redis_password is not None:
+            raise ValueError(
+                "CRM_KPI_REDIS_PASSWORD and a password in CRM_KPI_REDIS_URL are both set: keep only one"
+            )
+        if url.username and self.redis_username is not None:
+            raise ValueError(
+                "CRM_KPI_REDIS_USERNAME and a user name in CRM_KPI_REDIS_URL are both set: keep only one"
+            )
+        tls_fields = ("redis_tls_cafile", "redis_tls_certfile", "redis_tls_keyfile")
+        if url.scheme != "rediss":
+            for name in tls_fields:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{_env(name)} is set but CRM_KPI_REDIS_URL is not a rediss:// (TLS) URL")
+        else:
+            from stream.security.tls import client_context
+
+            client_context(self.redis_tls_files())
+
+    def kafka_tls_files(self) -> Any:
+        """The Kafka TLS file settings (`stream.security.TlsFiles`)."""
+        from stream.security.tls import TlsFiles
+
+        return TlsFiles(
+            "CRM_KPI_KAFKA_SSL",
+            self.kafka_ssl_cafile,
+            self.kafka_ssl_certfile,
+            self.kafka_ssl_keyfile,
+            self.kafka_ssl_key_password.get_secret_value() if self.kafka_ssl_key_password else None,
+            self.kafka_ssl_check_hostname,
+        )
+
+    def redis_tls_files(self) -> Any:
+        """The Redis TLS file settings (`stream.security.TlsFiles`); host names are always checked."""
+        from stream.security.tls import TlsFiles
+
+        return TlsFiles("CRM_KPI_REDIS_TLS", self.redis_tls_cafile, self.redis_tls_certfile, self.redis_tls_keyfile)
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold (passwords, client secret, the URL's password), for redaction."""
+        values = [v.get_secret_value() for v in (getattr(self, n) for n in SECRET_SETTINGS) if v is not None]
+        url_password = urlsplit(self.redis_url).password
+        if url_password:
+            values += [url_password, unquote(url_password)]
+        return values
+
     def kpi_config(self) -> KpiConfig:
         """The settings the KPI fold and read-outs need (SLAs, allow-lists, schedule, thresholds)."""
         return KpiConfig(
@@ -220,36 +390,31 @@ class Settings(BaseSettings):
         """Seconds of the longest window; older events are late."""
         return max(self.windows)
 
-    def kafka_client_options(self) -> dict[str, Any]:
-        """Keyword arguments for aiokafka clients: bootstrap servers, TLS and SASL."""
-        opts: dict[str, Any] = {
-            "bootstrap_servers": self.kafka_bootstrap_servers.split(","),
-            "security_protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            opts["ssl_context"] = create_ssl_context(
-                cafile=self.kafka_ssl_cafile,
-                certfile=self.kafka_ssl_certfile,
-                keyfile=self.kafka_ssl_keyfile,
-            )
-        if self.kafka_security_protocol.startswith("SASL"):
-            opts["sasl_mechanism"] = self.kafka_sasl_mechanism or "PLAIN"
-            opts["sasl_plain_username"] = self.kafka_sasl_username
-            opts["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-            )
-        return opts
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings from the environment; raise SettingsError naming the first bad one."""
+    """Read settings from the environment (and secret files); raise SettingsError naming the first bad one.
+
+    Secret files: with `CRM_KPI_SECRETS_DIR` (or the `secrets_dir` override) set, a file in
+    that directory named after a setting (`CRM_KPI_REDIS_PASSWORD`, any case) gives its
+    value, surrounding whitespace stripped; an environment variable of the same name wins.
+    """
+    from stream.security.redact import mask_url
+    from stream.security.tls import TlsSettingError
+
+    secrets_dir = overrides.get("secrets_dir") or os.environ.get("CRM_KPI_SECRETS_DIR") or None
+    if secrets_dir is not None and not os.path.isdir(secrets_dir):
+        raise SettingsError(f"invalid setting CRM_KPI_SECRETS_DIR={secrets_dir}: not a directory")
     try:
-        return Settings(**overrides)
+        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = str(err["loc"][0]) if err["loc"] else "?"
+        if not err["loc"]:  # a check across settings: the message names them
+            message = str(err.get("ctx", {}).get("error", err["msg"]))
+            raise SettingsError(f"invalid settings: {mask_url(message)}") from None
+        name = str(err["loc"][0])
         value = err.get("input")
-        shown = "***" if "password" in name else repr(value)
-        raise SettingsError(f"invalid setting CRM_KPI_{name.upper()}={shown}: {err['msg']}") from None
+        shown = "***" if name in SECRET_SETTINGS else mask_url(repr(value))
+        raise SettingsError(f"invalid setting CRM_KPI_{name.upper()}={shown}: {mask_url(err['msg'])}") from None
+    except (TlsSettingError, ValueError) as exc:  # raised outside pydantic's wrapping
+        raise SettingsError(f"invalid settings: {mask_url(str(exc))}") from None

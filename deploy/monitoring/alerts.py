@@ -216,6 +216,8 @@ def _pipeline_alerts(deployment: Deployment) -> tuple[Alert, ...]:
     log_mismatch = worker_metric("crm_kafka_log_mismatch")
     history_gap = worker_metric("crm_kpi_history_gap_records")
     redis_up = exporter_metric("crm_exporter_redis_up")
+    misconfigured = worker_metric("crm_worker_misconfigured")
+    healthy = worker_metric("crm_worker_healthy")
     quiet = threshold("no_events_period")
     return (
         Alert(
@@ -368,6 +370,29 @@ def _pipeline_alerts(deployment: Deployment) -> tuple[Alert, ...]:
             " 15 minutes (a restart from an older snapshot or an empty Redis, a promoted replica, a restore). The"
             " worker re-applied the records Kafka still holds: the figures are exact again unless"
             " CrmKpiHistoryIncomplete fires too.",
+        ),
+        Alert(
+            "CrmKpiWorkerMisconfigured",
+            "pipeline",
+            f"{misconfigured} == 1",
+            "1m",
+            "critical",
+            "crm-kpi worker {{ $labels.instance }} is refused by Kafka or Redis.",
+            "The worker at {{ $labels.instance }} has been refused for a minute in a way no retry"
+            " fixes: a wrong password, a certificate that does not verify, or a missing ACL right."
+            " It consumes nothing and retries every 30 seconds; its log says what was refused in"
+            " one ERROR line.",
+        ),
+        Alert(
+            "CrmKpiWorkerUnhealthy",
+            "pipeline",
+            f"{healthy} == 0",
+            "5m",
+            "warning",
+            "crm-kpi worker {{ $labels.instance }} cannot make progress.",
+            "The worker at {{ $labels.instance }} has been unable to use Kafka or Redis for 5"
+            " minutes (crm_worker_dependency_up says which). It waits and retries: nothing is"
+            " lost, but the KPIs stop moving.",
         ),
     )
 

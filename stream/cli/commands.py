@@ -3,24 +3,88 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
+from stream.security.redact import install_redaction, mask_url
 from stream.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 
 def _settings(**overrides: Any) -> Settings:
+    """The settings (exit 2 with one line if one is bad); from here on no secret reaches any output."""
+    install_redaction()
     try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
         click.echo(f"crm-kpi: {exc}", err=True)
         sys.exit(2)
+    install_redaction(settings.secret_values())
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    if settings.log_level != "debug":
+        # The Kafka client logs each failed connection attempt; the command says it once.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return settings
+
+
+def _one_line_failures(command: _F) -> _F:
+    """Connection and access failures end the command with one line on stderr and exit status 1.
+
+    With CRM_KPI_LOG_LEVEL=debug the traceback is logged too (redacted).
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        from stream.kafka.clients import KafkaAccessError
+
+        try:
+            return command(*args, **kwargs)
+        except (TimeoutError, KafkaAccessError, RedisError, OSError) as exc:
+            logging.getLogger("stream.cli").debug("%s failed", command.__name__, exc_info=True)
+            click.echo(f"crm-kpi: {mask_url(_describe(exc))}", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            from aiokafka.errors import KafkaError
+
+            if not isinstance(exc, KafkaError):
+                raise
+            logging.getLogger("stream.cli").debug("%s failed", command.__name__, exc_info=True)
+            click.echo(f"crm-kpi: Kafka: {mask_url(str(exc) or type(exc).__name__)}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _describe(exc: BaseException) -> str:
+    from redis.exceptions import RedisError
+
+    from stream.kafka.clients import KafkaAccessError
+
+    if isinstance(exc, KafkaAccessError):
+        return str(exc)
+    settings = load_settings()
+    if isinstance(exc, RedisError):
+        from stream.store.connection import describe_redis_error
+
+        return str(describe_redis_error(exc, settings))
+    from stream.kafka.clients import describe_kafka_error
+
+    return str(describe_kafka_error(exc, settings, settings.kafka_bootstrap_servers))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,14 +103,19 @@ def worker() -> None:
 @cli.command()
 @click.option("--port", type=int, default=None, help="Overrides CRM_KPI_EXPORTER_PORT.")
 def exporter(port: int | None) -> None:
-    """Serve the KPI gauges on /metrics (CRM_KPI_EXPORTER_PORT, default 9464)."""
-    import logging
-
+    """Serve the KPI gauges on /metrics (CRM_KPI_EXPORTER_HOST:CRM_KPI_EXPORTER_PORT, default port 9464)."""
     from stream.exporter.collector import run_exporter
 
     settings = _settings(exporter_port=port)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_exporter(settings)
+    try:
+        run_exporter(settings)
+    except OSError as exc:
+        click.echo(
+            f"crm-kpi: cannot listen on CRM_KPI_EXPORTER_HOST:CRM_KPI_EXPORTER_PORT="
+            f"{settings.exporter_host}:{settings.exporter_port}: {exc.strerror or exc}",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @cli.group()
@@ -56,6 +125,7 @@ def topics() -> None:
 
 @topics.command("create")
 @click.option("--partitions", type=int, default=None, help="Overrides CRM_KPI_TOPIC_PARTITIONS.")
+@_one_line_failures
 def topics_create(partitions: int | None) -> None:
     """Create the event topics and the dead-letter topic (existing ones are left alone).
 
@@ -176,6 +246,7 @@ def _check_topics(settings: Settings, topics: tuple[str, ...]) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--skip-invalid", is_flag=True, help="Publish the valid lines even if some are bad.")
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@_one_line_failures
 def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
     """Validate every line of a JSON Lines FILE, then publish the events to their topics."""
     from rich.console import Console
@@ -210,6 +281,7 @@ def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_one_line_failures
 def kpis(as_json: bool) -> None:
     """Print the current KPIs (every window) as a table."""
     from rich.console import Console
@@ -228,6 +300,7 @@ def kpis(as_json: bool) -> None:
 @cli.command("at-risk")
 @click.option("--top", type=int, default=None, help="Only the N customers with the most points.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_one_line_failures
 def at_risk(top: int | None, as_json: bool) -> None:
     """List the customers at churn risk with their points and reasons."""
     import time
@@ -295,6 +368,7 @@ _INCIDENT_HELP = "Make alerts fire on purpose (repeatable): first answers ~6x sl
 @click.option("--start", default=None, help="RFC 3339 event time of the first event (past: backfill). Default: now.")
 @click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
 @click.option("--core-only", is_flag=True, help="Only the core event types (leads, deals, tickets, surveys).")
+@_one_line_failures
 def simulate(
     rate: float, customers: int, duration: str | None, events: int | None, seed: int | None,
     start: str | None, incidents: tuple[str, ...], core_only: bool,

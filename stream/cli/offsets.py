@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.table import Table
 
+from stream.kafka.clients import kafka_client_options
 from stream.kafka.logs import LogProbe, Verdict, fetch_target, judge, needs_record
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys
@@ -94,7 +95,7 @@ async def read_offsets(
 ) -> list[PartitionState]:
     """Every partition of `topics` (default: the event topics) with Redis's offset and its log's bounds."""
     names = list(topics) if topics is not None else list(settings.event_topics())
-    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings))
     await admin.start()
     try:
         partitions = await _partitions(admin, names)
@@ -108,7 +109,7 @@ async def read_offsets(
     marks = await store.load_marks(fields)
     gaps = await store.load_gaps(fields)
     targets = {tp: fetch_target(marks[f]) for f, tp in fields.items()}
-    probe = LogProbe(settings.kafka_client_options())
+    probe = LogProbe(kafka_client_options(settings))
     await probe.start()
     try:
         views = await probe.inspect(targets)

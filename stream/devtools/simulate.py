@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaProducer
 
 from schemas import TOPIC_FAMILY
 from stream.devtools.synthetic_crm import SimConfig, generate
+from stream.kafka.clients import check_kafka, kafka_client_options
 from stream.settings import Settings
 
 __all__ = ["SimulateStats", "event_key", "parse_start", "simulate"]
@@ -127,8 +128,10 @@ async def simulate(
 
     await require_topics(settings, settings.event_topics())  # clients never create topics
     stats = stats if stats is not None else SimulateStats()
+    # Reachable, credentials accepted, Write on every event topic: else one line, before producing.
+    await check_kafka(settings, write=list(settings.event_topics()))
     producer = AIOKafkaProducer(
-        **settings.kafka_client_options(), acks="all", linger_ms=5, max_batch_size=1 << 20
+        **kafka_client_options(settings), acks="all", linger_ms=5, max_batch_size=1 << 20
     )
     await producer.start()
     pending: list[asyncio.Future[Any]] = []

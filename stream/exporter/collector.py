@@ -15,24 +15,31 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from stream.events.windows import make_windows
 from stream.kpis import METRICS
+from stream.security.http import start_metrics_server
+from stream.security.webconfig import load_web_config
 from stream.settings import Settings
 from stream.store import Keys, Snapshot, read_snapshot
+from stream.store.connection import describe_redis_error, sync_client
 
 __all__ = ["KpiCollector", "kpi_samples", "run_exporter", "sync_redis"]
 
 log = logging.getLogger(__name__)
 
 
-def sync_redis(settings: Settings) -> redis.Redis:
-    """A blocking Redis client for the configured URL and password."""
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return redis.Redis.from_url(settings.redis_url, password=password, socket_timeout=5, socket_connect_timeout=3)
+# A scrape must answer within a second even while Redis hangs (frozen, or a dead
+# connection): the read normally takes ~20 ms (README "Performance").
+SCRAPE_REDIS_TIMEOUT_S = 0.5
+
+
+def sync_redis(settings: Settings, timeout: float = 5.0) -> redis.Redis:
+    """A blocking Redis client for the configured URL, user, password and TLS files."""
+    return sync_client(settings, socket_timeout=timeout, connect_timeout=min(timeout, 3.0))
 
 
 def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) -> Snapshot:
@@ -67,6 +74,8 @@ class KpiCollector(Collector):
         self.settings = settings
         self._errors = 0
         self._lock = threading.Lock()
+        self._failing: str | None = None  # the last failure's line, while Redis fails
+        self._logged_at = 0.0
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         started = time.perf_counter()
@@ -74,12 +83,12 @@ class KpiCollector(Collector):
         up = 1
         try:
             snap = snapshot(self.client, self.settings)
-        except redis.RedisError as exc:
-            log.warning("scrape: Redis read failed: %s", exc)
-            with self._lock:
-                self._errors += 1
+        except (redis.RedisError, OSError) as exc:
+            failure = describe_redis_error(exc, self.settings)
+            self._failed(str(failure), failure.permanent)
             up = 0
         else:
+            self._recovered()
             for name, labels, value in kpi_samples(snap):
                 families[name].add_metric(list(labels.values()), value)
         yield from families.values()
@@ -91,6 +100,24 @@ class KpiCollector(Collector):
         )
 
 
+    def _failed(self, line: str, permanent: bool) -> None:
+        # One line when Redis starts failing or the failure changes, then once a minute;
+        # ERROR when no retry can fix it (a wrong password, a missing right, TLS).
+        now = time.monotonic()
+        with self._lock:
+            self._errors += 1
+            if line == self._failing and now - self._logged_at < 60:
+                return
+            self._failing, self._logged_at = line, now
+        log.log(logging.ERROR if permanent else logging.WARNING, "scrape: %s (crm_exporter_redis_up 0)", line)
+
+    def _recovered(self) -> None:
+        with self._lock:
+            was, self._failing = self._failing, None
+        if was is not None:
+            log.warning("scrape: Redis is readable again")
+
+
 def build_registry(client: redis.Redis, settings: Settings) -> CollectorRegistry:
     """A registry holding only the KPI collector."""
     registry = CollectorRegistry()
@@ -99,12 +126,25 @@ def build_registry(client: redis.Redis, settings: Settings) -> CollectorRegistry
 
 
 def run_exporter(settings: Settings, block: bool = True) -> Any:
-    """Serve /metrics on the exporter port; with block=False return the server for tests."""
-    client = sync_redis(settings)
-    server, thread = start_http_server(
-        settings.exporter_port, addr=settings.exporter_host, registry=build_registry(client, settings)
+    """Serve /metrics on the exporter's host and port; with block=False return the server for tests.
+
+    TLS and basic auth come from CRM_KPI_WEB_CONFIG_FILE; the Redis read of a scrape gives
+    up after `SCRAPE_REDIS_TIMEOUT_S`, answering with crm_exporter_redis_up 0.
+    """
+    from prometheus_client import make_wsgi_app
+
+    config = load_web_config(settings.web_config_file)
+    client = sync_redis(settings, timeout=SCRAPE_REDIS_TIMEOUT_S)
+    server, thread = start_metrics_server(
+        settings.exporter_host, settings.exporter_port, config, make_wsgi_app(build_registry(client, settings))
     )
-    log.info("exporter serving http://%s:%d/metrics", settings.exporter_host, settings.exporter_port)
+    auth = ", basic auth" if config.auth_required else ""
+    log.info(
+        "exporter serving %s://%s:%d/metrics%s", config.scheme, settings.exporter_host, settings.exporter_port, auth
+    )
+    # One read now, so a Redis that is unreachable or refuses the exporter's user is said
+    # at start (one line), not only at the first scrape.
+    list(KpiCollector(client, settings).collect())
     if not block:
         return server
     import signal

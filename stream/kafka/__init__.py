@@ -1,7 +1,8 @@
 """Kafka beyond the worker's consumer: creating the topics (`topics`), publishing events (`publisher`),
-reading log bounds and records (`logs`); no client creates a topic as a side effect (`clients`)."""
+reading log bounds and records (`logs`); every client's options and a check that it can work (`clients`);
+no client creates a topic as a side effect (`no_auto_create`)."""
 
-from stream.kafka import clients as _clients  # noqa: F401  # first: before any client is built
+from stream.kafka import no_auto_create as _no_auto_create  # noqa: F401  # first: before any client is built
 from stream.kafka.publisher import publish_payloads, read_jsonl
 from stream.kafka.topics import create_topics
 

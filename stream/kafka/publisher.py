@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas import TOPIC_FAMILY, validate_event_json
+from stream.kafka.clients import check_kafka, kafka_client_options
 from stream.settings import Settings
 
 __all__ = ["BadLine", "PublishSummary", "message_key", "publish_payloads", "read_jsonl"]
@@ -72,12 +73,11 @@ async def publish_payloads(
 ) -> int:
     """Send (type, key, value) to each type's topic; optional events/s pacing; returns count sent.
 
-    Raises MissingTopicsError (before sending anything) when an event topic does not exist.
+    Raises KafkaAccessError (one line) before sending anything if Kafka cannot be reached,
+    refuses the credentials, or denies Write on an event topic.
     """
-    from stream.kafka.topics import require_topics
-
-    await require_topics(settings, settings.event_topics())
-    producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", linger_ms=10, max_batch_size=1 << 20)
+    await check_kafka(settings, write=list(settings.event_topics()))
+    producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all", linger_ms=10, max_batch_size=1 << 20)
     await producer.start()
     sent = 0
     started = time.monotonic()

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import aiokafka.errors as Errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
+from stream.kafka.clients import KafkaAccessError, check_kafka, kafka_client_options, who
 from stream.settings import Settings
 
 __all__ = ["MissingTopicsError", "TopicsReport", "create_topics", "ensure_topics", "require_topics"]
@@ -36,9 +37,14 @@ def _names(settings: Settings) -> list[str]:
 
 
 async def ensure_topics(settings: Settings) -> TopicsReport:
-    """Create every topic that does not exist yet; report existing ones with another partition count."""
+    """Create every topic that does not exist yet; report existing ones with another partition count.
+
+    Raises KafkaAccessError (one line) when Kafka cannot be reached or used, or denies
+    the creation (the user needs Create on the cluster or on the topics, docs/security.md).
+    """
     names = _names(settings)
-    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await check_kafka(settings)  # reachable, TLS and credentials accepted: else one line, before the admin client
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings))
     await admin.start()
     report = TopicsReport()
     try:
@@ -46,13 +52,23 @@ async def ensure_topics(settings: Settings) -> TopicsReport:
         for name in names:
             if name in existing:
                 continue
-            try:
-                await admin.create_topics(
-                    [NewTopic(name, settings.topic_partitions, settings.topic_replication_factor)]
-                )
-                report.created.append(name)
-            except TopicAlreadyExistsError:
-                existing.add(name)
+            response = await admin.create_topics(
+                [NewTopic(name, settings.topic_partitions, settings.topic_replication_factor)]
+            )
+            for topic_name, code, *rest in response.topic_errors:
+                if code == Errors.TopicAlreadyExistsError.errno:
+                    existing.add(topic_name)
+                    continue
+                if code in (Errors.TopicAuthorizationFailedError.errno, Errors.ClusterAuthorizationFailedError.errno):
+                    raise KafkaAccessError(
+                        "acl",
+                        f"Kafka denies Create on topic {topic_name} to {who(settings)} (topics create needs "
+                        "Create on the cluster or on the topics: docs/security.md)",
+                    )
+                if code:
+                    detail = rest[0] if rest and isinstance(rest[0], str) and rest[0] else Errors.for_code(code).message
+                    raise KafkaAccessError("config", f"Kafka refused to create topic {topic_name}: {detail}")
+                report.created.append(topic_name)
         present = [name for name in names if name in existing]
         if present:
             for topic in await admin.describe_topics(present):
@@ -72,7 +88,7 @@ async def create_topics(settings: Settings) -> list[str]:
 async def require_topics(settings: Settings, names: Iterable[str] | None = None) -> None:
     """Raise MissingTopicsError unless every named topic (default: all the product's) exists."""
     wanted = list(names) if names is not None else _names(settings)
-    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

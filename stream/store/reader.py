@@ -6,11 +6,13 @@ buckets and sorted sets, so a scrape costs one round trip.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.exceptions
 
 from stream.events.windows import Window
 from stream.kpis import DISTINCT_COUNTS, Current, KpiConfig, Totals, ZStat, churn_risk, sorted_set_queries
@@ -30,7 +32,20 @@ class Snapshot:
     current: Current
 
 
-_read_script: dict[int, Any] = {}
+_READ_LUA = lua_script("read.lua")
+_READ_SHA = hashlib.sha1(_READ_LUA.encode()).hexdigest()
+
+
+def _evalsha_ro(client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+    """Run read.lua with EVALSHA_RO (Redis 7+): read-only, so a read-only ACL user may run it.
+
+    The script is loaded once per server (SCRIPT LOAD after a NOSCRIPT reply).
+    """
+    try:
+        return client.evalsha_ro(_READ_SHA, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        client.script_load(_READ_LUA)
+        return client.evalsha_ro(_READ_SHA, len(keys), *keys, *args)
 
 
 def read_snapshot(
@@ -47,9 +62,6 @@ def read_snapshot(
     and the current counters (`Totals.current`). `now_s` is unix seconds;
     buckets up to `future_skew_s` ahead are included (events may be that early).
     """
-    script = _read_script.get(id(client))
-    if script is None:
-        script = _read_script[id(client)] = client.register_script(lua_script("read.lua"))
     queries = sorted_set_queries(now_s, config)
     argv: list[Any] = [len(windows)]
     for w in windows:
@@ -64,7 +76,7 @@ def read_snapshot(
     argv += [keys.current, len(queries)]
     for name, threshold in queries.items():
         argv += [keys.zset(name), repr(threshold)]
-    reply = script(keys=[keys.current], args=argv)
+    reply = _evalsha_ro(client, [keys.current], argv)
     totals: dict[str, Totals] = {}
     for w, flat in zip(windows, reply, strict=False):
         totals[w.label] = Totals((as_text(flat[j]), int(float(flat[j + 1]))) for j in range(0, len(flat), 2))

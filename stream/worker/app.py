@@ -2,23 +2,34 @@
 
 Faust's own Kafka consumer and producer are switched off (its per-message
 stream machinery costs ~250 µs/record); Faust keeps the worker lifecycle,
-signal handling, the web server that serves /metrics, and clean shutdown.
+signal handling and clean shutdown. Its web pages (`/`, `/router/`, `/table/`) are
+replaced by a server of our own that serves only `/metrics` and `/-/healthy`, on
+CRM_KPI_WORKER_HOST:CRM_KPI_WORKER_PORT, with the TLS and basic auth of
+CRM_KPI_WEB_CONFIG_FILE (docs/security.md).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import sys
 from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from mode import Service
+from prometheus_client import generate_latest
 
+from stream.security.http import aiohttp_metrics_app
+from stream.security.webconfig import WebConfig, load_web_config
 from stream.settings import Settings
 from stream.worker.consumer import BatchConsumer
+from stream.worker.health import Health, RepeatFilter
 from stream.worker.metrics import WorkerMetrics
 
 __all__ = ["create_app", "run_worker"]
+
+log = logging.getLogger(__name__)
 
 
 class _Boot(BootStrategy):
@@ -32,26 +43,93 @@ class _App(faust.App):
     BootStrategy = _Boot
 
 
+class MetricsWeb(Service):
+    """The worker's HTTP(S) server: /metrics and /-/healthy only (started before the consumer)."""
+
+    def __init__(self, settings: Settings, config: WebConfig, metrics: WorkerMetrics, **kwargs: Any) -> None:
+        self.settings = settings
+        self.config = config
+        self.metrics = metrics
+        self._runner: Any = None
+        super().__init__(**kwargs)
+
+    @property
+    def url(self) -> str:
+        return f"{self.config.scheme}://{self.settings.worker_host}:{self.settings.worker_port}/metrics"
+
+    async def on_start(self) -> None:
+        from aiohttp import web
+
+        health = self.metrics.health
+        app = aiohttp_metrics_app(self.config, lambda: generate_latest(self.metrics.registry), lambda: health.healthy)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.settings.worker_host, self.settings.worker_port, ssl_context=self.config.tls
+        )
+        await site.start()
+        auth = ", basic auth" if self.config.auth_required else ""
+        log.info("worker metrics on %s%s", self.url, auth)
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
 def create_app(settings: Settings) -> tuple[Any, BatchConsumer]:
     """The Faust app with the batch consumer attached and /metrics on the worker port."""
     app = _App(
         "crm-kpi-worker",
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         web_enabled=True,
-        web_port=settings.worker_port,
-        web_bind="0.0.0.0",
         store="memory://",
         autodiscover=False,
     )
     metrics = WorkerMetrics()
+    app.web_server(MetricsWeb(settings, load_web_config(settings.web_config_file), metrics))
     service = BatchConsumer(settings, metrics, loop=None)
     app.service(service)  # type: ignore[arg-type]  # faust accepts instances too
-
-    @app.page("/metrics")
-    async def _metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
     return app, service
+
+
+_CONNECTION_WORDS = ("connect", "Connection", "metadata", "Failed fetch", "NodeNotReady", "oordinator")
+
+
+class _KafkaLogs(RepeatFilter):
+    """aiokafka's own lines while the worker runs.
+
+    Its connection failures (dozens a second while a broker is away) become one health
+    state, logged on change (stream/worker/health.py); its other warnings pass at most
+    once a minute per message.
+    """
+
+    def __init__(self, health: Health) -> None:
+        super().__init__()
+        self.health = health
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and self.health.started:
+            text = record.getMessage()
+            if any(word in text for word in _CONNECTION_WORDS):
+                self.health.failed("kafka", "unreachable", f"Kafka unreachable: {text}", False, 5.0)
+                return False
+        return super().filter(record)
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Exit with one line if the metrics port cannot be bound (taken, or an address not of this host)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            print(
+                f"crm-kpi: cannot listen on CRM_KPI_WORKER_HOST:CRM_KPI_WORKER_PORT={host}:{port}: "
+                f"{exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
 
 def run_worker(settings: Settings) -> None:
@@ -64,7 +142,15 @@ def run_worker(settings: Settings) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    app, _ = create_app(settings)
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    _check_bind(settings.worker_host, settings.worker_port)
+    app, service = create_app(settings)
+    if settings.log_level != "debug":
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # A logger's filters see only its own records, not its children's: every aiokafka
+    # logger gets the filter (they all exist once the client modules are imported).
+    kafka_logs = _KafkaLogs(service.metrics.health)
+    for name in ["aiokafka", *logging.root.manager.loggerDict]:
+        if name == "aiokafka" or name.startswith("aiokafka."):
+            logging.getLogger(name).addFilter(kafka_logs)
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from stream.events.decode import Rejection, decode
 from stream.events.fold import FoldContext, FoldMemo, entity_keys, fold
@@ -29,10 +29,11 @@ from stream.kafka.logs import Fingerprint
 from stream.kpis import fold_rules
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys, LogMark, event_digest
+from stream.store.connection import describe_redis_error
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
 
-__all__ = ["BatchProcessor", "OffsetConflict", "Prepared", "Span", "offset_field"]
+__all__ = ["BatchProcessor", "OffsetConflict", "Prepared", "Span", "Stopping", "offset_field"]
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,21 @@ _REDIS_DOWN = (
     redis.exceptions.BusyLoadingError,
     OSError,
 )
+# Refusals no retry fixes until an operator acts: wrong password, missing ACL rights.
+_REDIS_REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError)
 _MAX_BACKOFF_S = 5.0
+# Retry interval of a failure that needs an operator (credentials, certificates, ACLs):
+# often enough to resume soon after the fix, rarely enough not to hammer the server.
+_PERMANENT_RETRY_S = 30.0
 
 
 def offset_field(topic: str, partition: int) -> str:
     """Field of the offsets hash for one partition."""
     return f"{topic}:{partition}"
+
+
+class Stopping(Exception):
+    """The worker is stopping while a call was failing: the batch is left for the next start (never lost)."""
 
 
 class OffsetConflict(Exception):
@@ -110,6 +120,11 @@ class BatchProcessor:
         self._rules = fold_rules(settings.kpi_config())
         self._max_skew_us = int(settings.max_future_skew * 1_000_000)
         self._memo = FoldMemo()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Make every retry loop give up (`Stopping`) instead of waiting for a server to come back."""
+        self._stopping.set()
 
     async def process(
         self,
@@ -275,19 +290,47 @@ class BatchProcessor:
         return result
 
     async def _retry(self, call: Any, what: str) -> Any:
-        """Await call() until it succeeds; Redis/Kafka outages pause the worker, never drop."""
+        """Await call() until it succeeds; Redis/Kafka failures pause the worker, never drop.
+
+        Outages (connection refused, timeouts, a loading Redis, retriable Kafka errors) back
+        off from 50 ms to 5 s. Refusals no retry can fix (a wrong password, a missing ACL
+        right, a TLS failure) are retried every 30 s with an ERROR line and
+        `crm_worker_misconfigured` 1 (stream/worker/health.py). Raises Stopping once the
+        worker stops; anything else is raised at once.
+        """
+        health = self.metrics.health
         delay = 0.05
+        failing: str | None = None  # the dependency whose failure this loop is waiting out
         while True:
             try:
-                return await call()
-            except _REDIS_DOWN as exc:
+                result = await call()
+            except (*_REDIS_REFUSED, *_REDIS_DOWN) as exc:
                 self.metrics.redis_errors.inc()
-                log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
+                failure = describe_redis_error(exc, self.settings)
+                wait = _PERMANENT_RETRY_S if failure.permanent else delay
+                failing = "redis"
+                health.failed(failing, failure.kind, f"{what}: {failure}", failure.permanent, wait)
+            except TopicAuthorizationFailedError as exc:
+                wait, failing = _PERMANENT_RETRY_S, "kafka"
+                health.failed(failing, "acl", f"{what}: Kafka denies access to a topic ({exc})", True, wait)
             except Exception as exc:
                 if not _is_kafka_transient(exc):
                     raise
-                log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
-            await asyncio.sleep(delay)
+                wait, failing = delay, "kafka"
+                reason = str(exc) or type(exc).__name__
+                health.failed(failing, "unreachable", f"{what}: Kafka failed ({reason})", False, wait)
+            else:
+                if failing is not None:
+                    health.recovered(failing)
+                return result
+            if self._stopping.is_set():
+                raise Stopping(what)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), wait)
+            except TimeoutError:
+                pass
+            else:
+                raise Stopping(what)
             delay = min(_MAX_BACKOFF_S, delay * 2) * (0.8 + 0.4 * random.random())
 
 

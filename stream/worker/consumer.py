@@ -27,11 +27,14 @@ from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
 from stream.events.windows import make_windows
+from stream.kafka.clients import KafkaAccessError, check_kafka, kafka_client_options
 from stream.kafka.logs import LogProbe, Verdict, fetch_target, judge, needs_record
 from stream.kafka.topics import MissingTopicsError, require_topics
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys, LogMark
-from stream.worker.batch import _REDIS_DOWN, BatchProcessor, OffsetConflict, Span, offset_field
+from stream.store.connection import async_client, describe_redis_error
+from stream.store.writer import lua_script
+from stream.worker.batch import _REDIS_DOWN, BatchProcessor, OffsetConflict, Span, Stopping, offset_field
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
 
@@ -41,11 +44,18 @@ log = logging.getLogger(__name__)
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
-    """An asyncio Redis client for the configured URL and password."""
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return aioredis.Redis.from_url(
-        settings.redis_url, password=password, socket_timeout=10, socket_connect_timeout=5, health_check_interval=0
-    )
+    """An asyncio Redis client for the configured URL, user, password and TLS files."""
+    return async_client(settings)
+
+
+# At SIGTERM: how long the batch in flight and the offset commit may take, then each
+# client's close. A batch cut short is applied again at the next start (Redis's offsets
+# fence it), so giving up loses nothing.
+_SHUTDOWN_S = 10.0
+_CLOSE_S = 5.0
+# Start-up checks: outages back off up to this; failures needing an operator retry this often.
+_MAX_CHECK_BACKOFF_S = 30.0
+_PERMANENT_RETRY_S = 30.0
 
 
 def _tune_gc() -> None:
@@ -118,10 +128,12 @@ class BatchConsumer(Service):
 
     async def on_start(self) -> None:
         s = self.settings
+        if not await self._wait_until_usable():
+            return  # stopped before Kafka and Redis were usable: nothing was consumed
         self._redis = redis_client(s)
         keys = Keys(s.redis_key_prefix)
         self._store = AsyncStore(self._redis, keys, s.dedupe_horizon, s.state_ttl)
-        kafka = s.kafka_client_options()
+        kafka = kafka_client_options(s)
         # Dead letters: aiokafka holds one batch per partition and waits for it to be sent once
         # full, so 16 KB batches (the default) cost a round trip per large invalid record.
         self._producer = AIOKafkaProducer(
@@ -165,26 +177,82 @@ class BatchConsumer(Service):
         await self._consumer.start()
         _tune_gc()
         self.metrics.watch_lag(self._lag)
+        self.metrics.health.started = True
         log.info("consuming %s as group %s", ", ".join(self.topics), s.kafka_group_id)
 
+    async def _wait_until_usable(self) -> bool:
+        """Check Kafka (rights included) and Redis until both work, saying why not; False if stopped meanwhile."""
+        health = self.metrics.health
+        delay = 1.0
+        while not self.should_stop:
+            failure = await self._check_dependencies()
+            if failure is None:
+                return True
+            dependency, kind, message, permanent = failure
+            wait = _PERMANENT_RETRY_S if permanent else delay
+            health.failed(dependency, kind, f"cannot start: {message}", permanent, wait)
+            await self.sleep(wait)
+            delay = min(_MAX_CHECK_BACKOFF_S, delay * 2)
+        return False
+
+    async def _check_dependencies(self) -> tuple[str, str, str, bool] | None:
+        """None if Kafka and Redis work as the worker needs, else (dependency, kind, one line, permanent)."""
+        s = self.settings
+        health = self.metrics.health
+        try:
+            await check_kafka(s, read=self.topics, write=[s.dead_letter_topic], group=s.kafka_group_id)
+        except KafkaAccessError as exc:
+            return "kafka", exc.kind, str(exc), exc.permanent
+        health.recovered("kafka")
+        client = redis_client(s)
+        try:
+            # What the worker runs first: its script, and its offsets (no PING: its ACL need not allow it).
+            await client.script_load(lua_script("apply.lua"))
+            await client.hmget(Keys(s.redis_key_prefix).offsets, [offset_field(self.topics[0], 0)])
+        except Exception as exc:  # every failure becomes one line: see describe_redis_error
+            failure = describe_redis_error(exc, s)
+            return "redis", failure.kind, str(failure), failure.permanent
+        finally:
+            await client.aclose()
+        health.recovered("redis")
+        return None
+
     async def on_stop(self) -> None:
+        if self._processor is not None:
+            self._processor.stop()  # a retry loop waiting for Redis or Kafka gives up now
+        try:
+            await asyncio.wait_for(self._drain(), _SHUTDOWN_S)
+        except (TimeoutError, Stopping):
+            log.warning("stopping without finishing the batch in flight; it is applied again at the next start")
+        for name, client in (("consumer", self._consumer), ("log probe", self._probe), ("producer", self._producer)):
+            if client is None:
+                continue
+            try:
+                await asyncio.wait_for(client.stop(), _CLOSE_S)
+            except TimeoutError:
+                log.warning("Kafka %s did not close within %.0fs (broker unreachable?)", name, _CLOSE_S)
+            except Exception as exc:
+                log.warning("Kafka %s closed with an error: %s", name, exc)
+        if self._redis is not None:
+            try:  # a frozen Redis never acknowledges the TLS close: do not wait for it
+                await asyncio.wait_for(self._redis.aclose(), 1.0)
+            except Exception as exc:
+                log.debug("Redis client closed with an error: %s", exc)
+
+    async def _drain(self) -> None:
         async with self._lock:
             await self._finish_inflight(resync=False)
             await self._commit()
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._probe is not None:
-            await self._probe.stop()
-        if self._producer is not None:
-            await self._producer.stop()
-        if self._redis is not None:
-            await self._redis.aclose()
 
     @Service.task
     async def _consume(self) -> None:
+        if self._consumer is None or self._processor is None:
+            return  # stopped during start-up
         while not self.should_stop:
             try:
                 await self._step()
+            except Stopping:
+                return  # stopping while Redis or Kafka was failing: what is not applied is read again next time
             except Exception:
                 if self.should_stop:
                     return  # stopping: on_stop closes the clients under the loop; its batch is finished there
@@ -270,6 +338,8 @@ class BatchConsumer(Service):
         self._inflight = None
         try:
             applied = await task
+        except Stopping:
+            return False
         except OffsetConflict as conflict:
             if conflict.gap:
                 log.error("refused batch on %s (%s): resuming every partition from Redis", conflict.field, conflict)
@@ -287,6 +357,17 @@ class BatchConsumer(Service):
                 self._to_commit[tp] = applied[field]
         self.batches += 1
         return True
+
+    @Service.timer(5.0)
+    async def _watch_kafka(self) -> None:
+        # aiokafka retries a lost broker on its own and only logs; the health says when it is back.
+        health = self.metrics.health
+        if health.started and health.failing("kafka"):
+            try:
+                await check_kafka(self.settings, timeout=3.0)
+            except KafkaAccessError:
+                return
+            health.recovered("kafka")
 
     @Service.timer(_GC_INTERVAL_S)
     async def _collect_garbage(self) -> None:

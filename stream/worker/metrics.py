@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from stream.events.decode import REASONS
+from stream.worker.health import Health
 
 __all__ = ["WorkerMetrics"]
 
@@ -112,6 +113,7 @@ class WorkerMetrics:
         lag.set_function(lambda: time.time() - self.newest_event_s if self.newest_event_s else 0.0)
         for reason in REASONS:  # zero series exist from the start, so rate() works at once
             self.invalid.labels(reason)
+        self.health = Health(r)
 
     def watch_lag(self, source: LagSource) -> None:
         """Export per-partition consumer lag computed by `source` at scrape time."""

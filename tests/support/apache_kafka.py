@@ -247,6 +247,7 @@ class ApacheKafka:
         listeners: Iterable[Listener] | Mapping[str, str] = (),
         properties: Mapping[str, str | int | bool] | None = None,
         jvm_options: Sequence[str] = (),
+        format_args: Sequence[str] = (),
         heap: str = "1g",
         libs: Path | str | None = None,
         start_timeout: float = 120.0,
@@ -258,6 +259,7 @@ class ApacheKafka:
         listeners: extra listeners, as `Listener`s or {name: security protocol}.
         properties: `server.properties` entries added to (or overriding) the defaults.
         jvm_options: extra JVM flags, e.g. `-Djava.security.auth.login.config=...`.
+        format_args: extra `kafka-storage format` arguments, e.g. `--add-scram SCRAM-SHA-256=[name=u,password=p]`.
         libs: the jars' directory (default: `kafka_libs()`).
         """
         self.libs = kafka_libs(libs)
@@ -273,6 +275,7 @@ class ApacheKafka:
         self.partitions = partitions
         self.extra_properties = {k: _prop(v) for k, v in (properties or {}).items()}
         self.jvm_options = list(jvm_options)
+        self.format_args = list(format_args)
         self.heap = heap
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -408,11 +411,12 @@ class ApacheKafka:
                 *self._jvm("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"),
                 "kafka.tools.StorageTool",
                 "format",
-                "--cluster-id",
-                self.cluster_id,
+                # One argument: a random id may start with "-", which argparse would take for an option.
+                f"--cluster-id={self.cluster_id}",
                 "--config",
                 str(config),
                 "--standalone",
+                *self.format_args,
             ],
             cwd=self.workdir,
             stdin=subprocess.DEVNULL,

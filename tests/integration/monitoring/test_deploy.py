@@ -164,3 +164,103 @@ def test_grafana_provisioning_matches_the_mounts(compose: dict[str, Any]) -> Non
     (provider,) = _load(ROOT / "deploy/grafana/provisioning/dashboards/crm-kpi.yml")["providers"]
     assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+# --- docker-compose.secure.yml (docs/security.md) ------------------------------
+
+SECURE = ROOT / "docker-compose.secure.yml"
+GENERATED = "./deploy/secure/generated"
+
+
+@pytest.fixture(scope="module")
+def secure_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What deploy/secure/make-secrets.sh writes, in a throwaway directory."""
+    out = tmp_path_factory.mktemp("secure")
+    _run("bash", str(ROOT / "deploy" / "secure" / "make-secrets.sh"), str(out))
+    return out
+
+
+def test_secured_override_names_only_files_make_secrets_writes(secure_files: Path) -> None:
+    secure = _load(SECURE)
+    sources = [s["file"] for s in secure["secrets"].values()]
+    sources += [src for svc in secure["services"].values() for src, _ in _bind_mounts(svc)]
+    generated = [s for s in sources if s.startswith(GENERATED)]
+    assert len(generated) >= 10
+    missing = [s for s in generated if not (secure_files / s.removeprefix(GENERATED + "/")).exists()]
+    assert not missing, missing
+    others = [s for s in sources if not s.startswith(GENERATED)]
+    assert all((ROOT / s).exists() for s in others), others
+
+
+def test_secured_override_keeps_every_password_in_a_file() -> None:
+    secure = _load(SECURE)
+    for name, svc in secure["services"].items():
+        for key, value in (svc.get("environment") or {}).items():
+            if key == "<<":
+                continue
+            assert not key.endswith(("PASSWORD", "CLIENT_SECRET")), (name, key, value)
+    for name in ("topics", "worker", "exporter"):
+        env = secure["services"][name]["environment"]
+        merged = {**env}
+        for anchor in merged.pop("<<", []) if isinstance(env.get("<<"), list) else [merged.pop("<<", {})]:
+            merged = {**anchor, **merged}
+        assert merged.get("CRM_KPI_SECRETS_DIR") == "/run/secrets", name
+        targets = {s["target"] for s in secure["services"][name]["secrets"] if isinstance(s, dict)}
+        assert targets and all(t.startswith("CRM_KPI_") and t.endswith("_PASSWORD") for t in targets), name
+
+
+def _doc_rules(text: str) -> dict[str, str]:
+    import re
+
+    return {m[1]: m[2] for m in re.finditer(r"^ACL SETUSER (\S+) on >\S+ (.+)$", text, re.M)}
+
+
+def test_secured_redis_users_are_the_documented_ones(secure_files: Path) -> None:
+    import re
+
+    docs = _doc_rules((ROOT / "docs" / "security.md").read_text())
+    acl = (secure_files / "redis" / "users.acl").read_text()
+    users = {m[1]: m[2] for m in re.finditer(r"^user (crm-kpi-\S+) on #[0-9a-f]{64} (.+)$", acl, re.M)}
+    assert users == docs and len(users) == 2
+    assert "user default off" in acl
+
+
+def test_secured_kafka_acls_are_the_documented_ones() -> None:
+    import re
+
+    def normalize(line: str) -> str:
+        line = re.sub(r"--bootstrap-server \S+ ", "", line)
+        line = re.sub(r"--command-config \S+ ", "", line)
+        return " ".join(line.replace("kafka-acls.sh --add", "").replace("acl ", "").split())
+
+    docs = [normalize(line) for line in (ROOT / "docs" / "security.md").read_text().splitlines()
+            if line.startswith("kafka-acls.sh")]
+    init = [normalize(line) for line in (ROOT / "deploy" / "secure" / "kafka-init.sh").read_text().splitlines()
+            if line.startswith("acl --")]
+    docs = [d.replace("--add ", "") for d in docs]
+    assert docs and sorted(docs) == sorted(init)
+
+
+def test_secured_prometheus_scrapes_over_tls_with_basic_auth(secure_files: Path, tmp_path: Path) -> None:
+    promtool = required_tool("promtool", "prometheus")
+    text = (ROOT / "deploy" / "prometheus" / "prometheus-secure.yml").read_text()
+    config = yaml.safe_load(text)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for name in ("crm-kpi-worker", "crm-kpi-exporter"):
+        assert jobs[name]["scheme"] == "https"
+        assert jobs[name]["basic_auth"]["password_file"] == "/run/secrets/metrics-password"
+    assert jobs["crm-kpi-worker"]["tls_config"]["server_name"] == "worker"
+    local = (
+        text.replace("/etc/prometheus/rules/", str(RULES) + "/")
+        .replace("/run/secrets/crm-kpi-ca", str(secure_files / "ca.crt"))
+        .replace("/run/secrets/metrics-password", str(secure_files / "passwords" / "metrics"))
+    )
+    (tmp_path / "prometheus.yml").write_text(local)
+    _run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
+
+
+def test_health_checks_use_the_health_page(compose: dict[str, Any]) -> None:
+    """The worker's health check turns red while it cannot make progress (503 from /-/healthy)."""
+    for name in ("worker", "exporter"):
+        assert "/-/healthy" in " ".join(compose["services"][name]["healthcheck"]["test"]), name
+        assert "/-/healthy" in " ".join(_load(SECURE)["services"][name]["healthcheck"]["test"]), name

@@ -1,4 +1,4 @@
-"""The Redis ACLs docs/configuration.md lists are enough, and the exporter's is read-only."""
+"""The Redis ACLs docs/security.md lists are enough, and the exporter's is read-only."""
 
 from __future__ import annotations
 
@@ -21,19 +21,20 @@ from stream.store import AsyncStore, Keys, event_digest, read_at_risk, read_snap
 from tests.support.config import kpi_config
 from tests.support.harness import ROOT
 
-# As docs/configuration.md lists them, for the default key prefix `crm`.
+# As docs/security.md lists them, for the default key prefix `crm`.
 WORKER_ACL = (
     "resetkeys ~{crm}:* resetchannels -@all +evalsha +script|load +hmget +mget "
     "+get +set +hget +hset +hincrby +hdel +sadd +smismember +expireat +zadd +zrem +zremrangebyscore"
 )
 EXPORTER_ACL = (
-    "resetkeys ~{crm}:* resetchannels -@all +evalsha +script|load +mget +hgetall +zcard +zcount +zrange +zrangebyscore"
+    "resetkeys %R~{crm}:* resetchannels -@all +evalsha_ro +script|load +mget +hgetall +zcard +zcount +zrange "
+    "+zrangebyscore"
 )
 LEADS_CREATED = events_of("lead.created")
 
 
 def test_the_docs_list_these_acls() -> None:
-    text = (ROOT / "docs" / "configuration.md").read_text()
+    text = (ROOT / "docs" / "security.md").read_text()
     assert f"ACL SETUSER crm-kpi-worker on >WORKER_PASSWORD {WORKER_ACL}" in text
     assert f"ACL SETUSER crm-kpi-exporter on >EXPORTER_PASSWORD {EXPORTER_ACL}" in text
 
@@ -107,10 +108,13 @@ async def test_worker_and_exporter_work_with_their_acls(users: tuple[str, str], 
         assert [r["customer_id"] for r in read_at_risk(exporter, keys, time.time())] == ["c1"]
         with pytest.raises(redis.exceptions.NoPermissionError):
             exporter.set(keys.current, "x")
-        # Its key pattern covers the prefix (EVALSHA's declared keys count as writable),
-        # so the read-only part is the command list: even a script it may run cannot write.
-        script = exporter.register_script("return redis.call('HSET', KEYS[1], 'f', '1')")
-        with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)permission"):
-            script(keys=[keys.current])
+        # Read-only three times over: its keys are read-only (%R~), it may run scripts only
+        # with EVALSHA_RO (which refuses writes), and it may run no write command.
+        sha = exporter.script_load("return redis.call('HSET', KEYS[1], 'f', '1')")
+        refused = r"(?i)write commands are not allowed|permission|can.t run this command"
+        with pytest.raises(redis.exceptions.ResponseError, match=refused):
+            exporter.evalsha_ro(sha, 1, keys.current)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            exporter.evalsha(sha, 1, keys.current)
     finally:
         exporter.close()
