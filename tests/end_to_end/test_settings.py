@@ -21,15 +21,14 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.reference_catalog import OLDEST_AWAITING, Config, edge_free, expected
+from bench.reference_catalog import Config, edge_free, expected
 from schemas import TOPIC_FAMILY
 from stream.kafka.topics import create_topics
-from stream.kpis import METRICS
 from stream.store import Keys, event_digest
 from tests.support.harness import WorkerProcess, applied, produce, scrape, settings_of, stack_env, wait_for
+from tests.support.series import assert_series_match, kpi_series
 
 HEADROOM_S = 120.0
-KPI_NAMES = frozenset(m.name for m in METRICS)
 
 
 class Stack:
@@ -76,7 +75,7 @@ class Stack:
                 return False
 
         await wait_for(up, 30, "the exporter")
-        return {k: v for k, v in scrape(self.exporter_url).items() if k[0] in KPI_NAMES}
+        return kpi_series(scrape(self.exporter_url))
 
     def ops(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return scrape(self.worker_url)
@@ -195,13 +194,7 @@ async def test_kpi_rules_and_limits_follow_their_settings(
     assert lag is not None and -1800 <= lag <= -1800 + (time.time() - now.timestamp()) + 1
 
     # And every series, against the reference with the same settings.
-    want = expected(events, now.timestamp(), CONFIG)
-    assert set(got) == set(want), (sorted(set(got) - set(want)), sorted(set(want) - set(got)))
-    for series, value in want.items():
-        if series[0] == OLDEST_AWAITING:
-            assert value <= got[series] <= value + read_within, series
-        else:
-            assert got[series] == pytest.approx(value, rel=0.01 if "quantile" in dict(series[1]) else 1e-9), series
+    assert_series_match(got, expected(events, now.timestamp(), CONFIG), read_within)
 
 
 # --- dedupe horizon -----------------------------------------------------------------------------------

@@ -44,15 +44,14 @@ import redis
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from bench.reference_catalog import OLDEST_AWAITING, QUANTILE_METRICS, Series, expected, operational
-from stream.kpis import METRICS
+from bench.reference_catalog import expected, operational
 from tests.support.event_streams import BAD_REASONS, HEADROOM_S, Action, actions, build, now_utc, topic_family
 from tests.support.harness import WorkerProcess, scrape, settings_of, stack_env
+from tests.support.series import assert_series_match, kpi_series
 
 pytestmark = pytest.mark.slow
 
 PROPERTY_EXAMPLES = int(os.environ.get("CRM_KPI_PROPERTY_EXAMPLES", "60"))
-KPI_NAMES = frozenset(m.name for m in METRICS)
 APPLY_TIMEOUT_S = 60.0
 _examples = itertools.count()
 
@@ -248,28 +247,6 @@ def plan(items: list[Item], cuts: list[int], now: Any, tag: str) -> Plan:
 # --- reading ----------------------------------------------------------------------------------------
 
 
-def _kpis(page: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> Series:
-    return {k: v for k, v in page.items() if k[0] in KPI_NAMES}
-
-
-def assert_series_match(got: Series, want: Series, read_within_s: float) -> None:
-    """Same series; values exact but for the sketch quantiles (1 %) and the age read `read_within_s` after NOW."""
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    assert not missing and not extra, f"missing {missing}, extra {extra}"
-    wrong = {}
-    for series, value in want.items():
-        v = got[series]
-        if series[0] in QUANTILE_METRICS:
-            ok = abs(v - value) <= 0.01 * abs(value) * (1 + 1e-9)
-        elif series[0] == OLDEST_AWAITING:
-            ok = value - 1e-6 <= v <= value + read_within_s + 1e-6
-        else:
-            ok = v == pytest.approx(value, rel=1e-9, abs=1e-9)
-        if not ok:
-            wrong[series] = (v, value)
-    assert not wrong, f"(got, reference): {wrong}"
-
-
 def _ops(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {k: v for k, v in scrape(url).items() if k[0].startswith("crm_")}
 
@@ -300,7 +277,7 @@ def test_generated_streams_through_the_worker_match_the_reference(
     for chunk in p.chunks:
         stack.publish(chunk)
         stack.wait_applied()
-    got = _kpis(scrape(stack.exporter_url))
+    got = kpi_series(scrape(stack.exporter_url))
     read_within = time.time() - now.timestamp()
     assert read_within <= HEADROOM_S, (
         f"published, applied and read {read_within:.0f}s after NOW, beyond the {HEADROOM_S:.0f}s the generated "
