@@ -364,9 +364,8 @@ def expected(events: Iterable[Mapping[str, Any]], now: float, config: Config = C
         order_amount: dict[str, int] = defaultdict(int)
         for o in placed:
             order_amount[o["currency"]] += o["amount"]
-        for cur, micros in order_amount.items():
-            if micros:  # orders of amount 0 only: no average series
-                put("crm_order_value_average", micros / 1e6 / order_n[cur], currency=cur)
+        for cur, n in order_n.items():  # free orders average 0
+            put("crm_order_value_average", order_amount[cur] / 1e6 / n, currency=cur)
         buyers = Counter(o["customer"] for o in placed)
         ratio("crm_repeat_purchase_ratio", sum(n >= 2 for n in buyers.values()), len(buyers))
         ratio(
@@ -381,9 +380,8 @@ def expected(events: Iterable[Mapping[str, Any]], now: float, config: Config = C
         if w == CLV_WINDOW_S and start > 0 and churned and buyers:
             per_customer = len(placed) / len(buyers)
             churn = churned / start
-            for cur, micros in order_amount.items():
-                if micros:
-                    out.put("crm_customer_lifetime_value", micros / 1e6 / order_n[cur] * per_customer / churn, currency=cur)
+            for cur, n in order_n.items():
+                out.put("crm_customer_lifetime_value", order_amount[cur] / 1e6 / n * per_customer / churn, currency=cur)
 
         # Activity.
         activities = [e for e in by_kind["activity.logged"] if in_window(e.t, w)]

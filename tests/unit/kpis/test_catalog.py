@@ -102,6 +102,9 @@ SCENARIO = [
     ev("order.placed", 30, order_id="o2", customer_id="c1", amount=3, **EUR, promised_at=iso(20)),
     ev("order.delivered", 10, order_id="o2", customer_id="c1"),
     ev("order.placed", 20, order_id="o3", customer_id="c2", amount=4, currency="USD"),
+    # Placed twice: the earlier placement (a free order) wins, whichever batch brings it.
+    ev("order.placed", 15, order_id="o4", customer_id="c4", amount=5, currency="GBP"),
+    ev("order.placed", 25, order_id="o4", customer_id="c4", amount=0, currency="GBP"),
     ev("invoice.issued", 900, invoice_id="i1", customer_id="c1", amount=10, **EUR, due_at=iso(100)),
     ev("invoice.issued", 900, invoice_id="i2", customer_id="c1", amount=20, **EUR, due_at=iso(-100)),
     ev("invoice.issued", 900, invoice_id="i3", customer_id="c1", amount=40, **EUR, due_at=iso(100)),
@@ -132,7 +135,8 @@ def test_scenario_figures() -> None:
     assert got[("crm_quote_order_ratio", "24h", ())] == 1
     assert got[("crm_delivery_on_time_ratio", "24h", ())] == 1 / 2
     assert got[("crm_order_interval_seconds_average", "1h", ())] == 50 * 60
-    assert got[("crm_repeat_purchase_ratio", "24h", ())] == 1 / 2
+    assert got[("crm_repeat_purchase_ratio", "24h", ())] == 1 / 3
+    assert got[("crm_order_value_average", "1h", ("GBP",))] == 0  # one order, free
     assert got[("crm_crm_users_active", "1h", ())] == 1 and got[("crm_crm_users_active", "24h", ())] == 2
     assert got[("crm_customers_at_risk", "", ())] == 2  # c1: complaint 2 + cancellation 3; c2: 2 + 2
     assert got[("crm_leads_lost", "1h", ("other",))] == 1
