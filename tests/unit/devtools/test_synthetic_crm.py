@@ -259,7 +259,8 @@ def test_slow_responses_raise_the_median_first_response() -> None:
         _run(SimConfig(seed=21, rate=0.05, incidents=frozenset({"slow-responses"})), count=10_000), cutoff
     )
     assert len(base) > 300 and len(slow) > 300
-    assert statistics.median(slow) > 4 * statistics.median(base)
+    # README: "answers ~6x slower" (within 20 %).
+    assert 6 * 0.8 <= statistics.median(slow) / statistics.median(base) <= 6 * 1.2
     # The normal-priority SLA (4h) is broken at p90 under the incident, not in the baseline.
     assert statistics.quantiles(base, n=10)[-1] < 4 * 3600 < statistics.quantiles(slow, n=10)[-1]
 
@@ -272,7 +273,7 @@ def test_churn_spike_raises_churn_and_lowers_nps() -> None:
     churned_base = sum(1 for e in base if e["type"] == "customer.churned")
     churned_spike = sum(1 for e in spike if e["type"] == "customer.churned")
     assert churned_base > 5
-    assert churned_spike > 5 * churned_base
+    assert 10 * 0.8 <= churned_spike / churned_base <= 10 * 1.2  # README: "churn ~10x" (within 20 %)
     assert len({e["customer_id"] for e in spike if e["type"] == "customer.churned"}) == churned_spike
 
     def nps(events: list[dict[str, Any]]) -> float:
