@@ -435,6 +435,13 @@ async def test_every_catalog_series_is_exact(stack: Any, redis: Any, kafka_boots
             assert got[series] == pytest.approx(value, rel=1e-9, abs=1e-9), series
     assert {name for name, _ in want} == CATALOG  # every full-catalog metric is asserted
 
+    # crm-kpi kpis on this populated store: the exporter's series, the same values (README).
+    rows = json.loads(crm_kpi(env, "kpis", "--json"))
+    printed = {(r["metric"], tuple(sorted(r["labels"].items()))): r["value"] for r in rows}
+    assert {k: v for k, v in printed.items() if k[0] in CATALOG} == got
+    table = crm_kpi(env, "kpis")
+    assert all(name in table for name in {k[0] for k in printed}), table
+
     # crm-kpi at-risk: the right customers, points and reasons; r6 falls under at NOW + 10 min.
     rows = json.loads(crm_kpi(env, "at-risk", "--json"))
     assert [(r["customer_id"], r["points"]) for r in rows] == [("r1", 4), ("r3", 4), ("r6", 4)]
