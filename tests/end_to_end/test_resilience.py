@@ -109,7 +109,7 @@ async def test_kill_9_mid_stream_counts_every_event_once(
     kafka_bootstrap: str, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC)
-    events, published = make_stream(50_000, seed=11, now=now, headroom_s=HEADROOM_S)
+    events, published = make_stream(30_000, seed=11, now=now, headroom_s=HEADROOM_S)
     env = _env(kafka_bootstrap, redis_url, prefix)
     ends = await _publish(env, published)
     total = sum(ends.values())

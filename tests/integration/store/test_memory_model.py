@@ -88,7 +88,7 @@ def client(redis_url: str) -> Any:
     c.close()
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches, st.booleans())
 def test_the_model_writes_and_reads_what_the_scripts_do(
     client: redis.Redis, redis_url: str, prefix: str, batches: list[list[Action]], memo: bool
