@@ -12,7 +12,7 @@
 - `rules`, `grafana`, `docs`: rendering to rule YAML, dashboard JSON and Markdown;
 - `generate`: every generated file, and the command line.
 
-`tests/test_rules.py` fails when the committed files differ from what this
+`tests/integration/monitoring/test_rules.py` fails when the committed files differ from what this
 package generates.
 """
 

@@ -24,7 +24,7 @@ def _intro(deployment: Deployment) -> list[str]:
         "`deploy/monitoring/`, which holds every threshold in one table (`thresholds.py`) and",
         "takes metric names from the project's registries (`stream.kpis.METRICS`,",
         "`stream.worker.metrics`). Change a threshold there, run `python -m deploy.monitoring`, and",
-        "commit the regenerated rules, dashboards and this page; `tests/test_rules.py` fails",
+        "commit the regenerated rules, dashboards and this page; `tests/integration/monitoring/test_rules.py` fails",
         "when they drift. What to do when an alert fires: [runbooks](runbooks.md).",
         "",
         "Conventions (monitoring-mixin): names are CamelCase with the prefix `CrmKpi`; every",

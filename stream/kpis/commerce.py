@@ -31,7 +31,6 @@ from stream.kpis.registry import (
     amount_micros,
     nonzero_amounts,
     one,
-    per_currency_ratio,
     ratio,
 )
 
@@ -253,7 +252,12 @@ def _on_time(t: Totals) -> Iterator[Sample]:
 
 
 def _order_value(t: Totals) -> Iterator[Sample]:
-    return per_currency_ratio(ORDER_AMOUNT.by_label(t), ORDERS.by_label(t))
+    """Per currency with orders in the window (free orders: 0). Not per amount field: a field
+    summed back to 0 by a retraction would make the series depend on how events were batched."""
+    amounts = ORDER_AMOUNT.by_label(t)
+    for cur, n in sorted(ORDERS.by_label(t).items()):
+        if n:
+            yield (cur,), amounts.get(cur, 0) * 1e-6 / n
 
 
 def _repeat_purchase(t: Totals) -> Iterator[Sample]:
@@ -268,9 +272,8 @@ def _clv(c: Current) -> Iterator[Sample]:
     buyers = BUYERS.distinct(t)
     if not churn or not buyers:
         return
-    orders = ORDERS.by_label(t)
-    per_customer = sum(orders.values()) / buyers
-    for cur, aov in per_currency_ratio(ORDER_AMOUNT.by_label(t), orders):
+    per_customer = sum(ORDERS.by_label(t).values()) / buyers
+    for cur, aov in _order_value(t):
         yield cur, aov * per_customer / churn
 
 

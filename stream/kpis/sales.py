@@ -77,9 +77,10 @@ class DealState(PackedState):
     stage: str | None = None
     amount_micros: int | None = None  # of the (earliest) deal.created
     currency: str | None = None
+    hint_won_us: int | None = None  # time of the win that carried created_hint_us (the earliest that carries one)
 
     _ints: ClassVar[frozenset[str]] = frozenset(
-        {"created_us", "created_hint_us", "won_us", "lost_us", "stage_us", "amount_micros"}
+        {"created_us", "created_hint_us", "won_us", "lost_us", "stage_us", "amount_micros", "hint_won_us"}
     )
 
     def is_open(self) -> bool:
@@ -111,10 +112,10 @@ class DealState(PackedState):
         elif event.type == "deal.won":
             if earlier(new.won_us, t_us):
                 new.won_us = t_us
-                if event.deal_created_at is not None:
-                    new.created_hint_us = to_us(event.deal_created_at)
-            elif new.created_hint_us is None and event.deal_created_at is not None:
-                new.created_hint_us = to_us(event.deal_created_at)
+            # The creation time carried by the earliest win that carries one, whatever the arrival order.
+            # (A state stored before hint_won_us existed takes the next one that carries a creation.)
+            if event.deal_created_at is not None and earlier(new.hint_won_us, t_us):
+                new.created_hint_us, new.hint_won_us = to_us(event.deal_created_at), t_us
         return new
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:

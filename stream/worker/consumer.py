@@ -376,10 +376,11 @@ class BatchConsumer(Service):
         self._gc_ticks += 1
         gc.collect(2 if self._gc_ticks % _GC_FULL_EVERY == 0 else 1)
 
-    @Service.timer(1.0)
+    @Service.task
     async def _periodic_commit(self) -> None:
-        async with self._lock:
-            await self._commit()
+        async for _ in self.itertimer(self.settings.commit_interval, name="commit"):  # CRM_KPI_COMMIT_INTERVAL
+            async with self._lock:
+                await self._commit()
 
     async def _commit(self) -> None:
         if not self._to_commit or self._consumer is None:

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,12 +26,24 @@ from stream.kafka.topics import create_topics
 from stream.kpis import METRICS
 from tests.support.harness import ROOT, WorkerProcess, applied, produce, scrape, settings_of, stack_env, wait_for
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+# Each test takes its own NOW (`build`, from the `stack` fixture) and must read its figures within
+# HEADROOM_S of it: the nearest edge is 10 minutes away (r6 leaves the customers at risk).
+HEADROOM_S = 300.0
+NOW: datetime  # set by build()
 WINDOWS = ("1h", "24h", "7d", "30d")
 H, D = 60, 1440  # minutes
 TZ = "America/New_York"
 # Yesterday in New York is a holiday: business hours skip it.
-HOLIDAY = (NOW.astimezone(ZoneInfo(TZ)) - timedelta(days=1)).date()
+HOLIDAY: date
+LEADS: list[dict[str, Any]]
+DEALS: list[dict[str, Any]]
+ORDERS: list[dict[str, Any]]
+CUSTOMERS: list[dict[str, Any]]
+MARKETING: list[dict[str, Any]]
+ACTIVITIES: list[dict[str, Any]]
+TICKETS: list[dict[str, Any]]
+RISK: list[dict[str, Any]]
+FAMILIES: dict[str, list[dict[str, Any]]]
 
 
 def t(minutes_ago: float) -> datetime:
@@ -48,131 +61,6 @@ def ev(event_type: str, minutes_ago: float, /, **fields: Any) -> dict[str, Any]:
     return {"event_id": f"k{next(_ids)}", "type": event_type, "occurred_at": at(minutes_ago), **fields}
 
 
-LEADS = [
-    ev("lead.created", 10, lead_id="L1", lead_source="web"),
-    ev("lead.created", 2 * H, lead_id="L2"),
-    ev("lead.created", 3 * D, lead_id="L3"),
-    ev("lead.created", 10 * D, lead_id="L4"),
-    ev("lead.qualified", 5, lead_id="L1"),
-    ev("lead.qualified", 2 * D, lead_id="L3"),
-    ev("lead.lost", 90, lead_id="L2", reason="no budget"),
-    ev("lead.lost", 9 * D, lead_id="L4", reason="student"),  # outside the allow-list: other
-    ev("lead.lost", 20, lead_id="L5"),  # no reason: unknown
-]
-
-EUR = {"currency": "EUR"}
-DEALS = [
-    ev("deal.created", 3 * D, deal_id="D1", customer_id="c1", amount=1000, **EUR),
-    ev("deal.stage_changed", 2 * D, deal_id="D1", customer_id="c1", stage="proposal"),
-    ev("deal.stage_changed", 2.5 * D, deal_id="D1", customer_id="c1", stage="qualification"),  # older, arrives later
-    ev("deal.created", 20 * H, deal_id="D2", customer_id="c2", amount=500, currency="USD", stage="negotiation"),
-    ev("deal.stage_changed", 10 * H, deal_id="D2", customer_id="c2", stage="proposal"),
-    ev("deal.won", 30, deal_id="D2", customer_id="c2", amount=500, currency="USD"),  # stage changed, then won
-    ev("deal.created", 5 * D, deal_id="D3", customer_id="c3", amount=200, **EUR),
-    ev("deal.stage_changed", 4 * D, deal_id="D3", customer_id="c3", stage="legal review"),  # capped: other
-    ev("deal.created", 2 * H, deal_id="D4", customer_id="c4", amount=300, **EUR),
-    ev("deal.lost", 50, deal_id="D4", customer_id="c4", reason="price"),
-    ev("deal.stage_changed", 10, deal_id="D5", customer_id="c5", stage="negotiation"),  # before its creation
-    ev("deal.created", 20, deal_id="D5", customer_id="c5", amount=50.5, **EUR),
-    ev("deal.created", 40 * D, deal_id="D6", customer_id="c6", amount=10, **EUR),  # late: still open now
-    ev("quote.sent", 3 * H, quote_id="Q1", customer_id="c1", amount=100, **EUR),
-    ev("quote.sent", 2 * D, quote_id="Q2", customer_id="c1", amount=50, **EUR, deal_id="D1"),
-    ev("quote.sent", 10, quote_id="Q3", customer_id="c3", amount=30, **EUR),
-]
-
-ORDERS = [
-    ev("order.placed", 2 * H, order_id="O1", customer_id="c1", amount=100, **EUR, quote_id="Q1", promised_at=at(H)),
-    ev("order.delivered", 90, order_id="O1", customer_id="c1"),  # on time
-    ev("order.placed", 30, order_id="O2", customer_id="c1", amount=50, **EUR, quote_id="Q2", promised_at=at(25)),
-    ev("order.delivered", 20, order_id="O2", customer_id="c1"),  # late
-    ev("order.placed", 20, order_id="O3", customer_id="c2", amount=80, currency="USD", quote_id="Q9"),  # unsent quote
-    ev("order.delivered", 10, order_id="O3", customer_id="c2"),  # no promise: not in the ratio
-    ev("order.placed", 5, order_id="O4", customer_id="c3", amount=30, **EUR, quote_id="Q3", promised_at=at(-D)),
-    ev("order.placed", 3 * D, order_id="O5", customer_id="c2", amount=20, currency="USD", promised_at=at(2.5 * D)),
-    ev("order.delivered", 2 * D, order_id="O5", customer_id="c2"),  # late
-    ev("order.placed", 10 * D, order_id="O6", customer_id="c1", amount=70, **EUR),
-    ev("order.placed", 400 * D, order_id="O7", customer_id="c4", amount=40, **EUR),  # late; > 365 d before O8
-    ev("order.placed", 10, order_id="O8", customer_id="c4", amount=60, **EUR),
-    ev("order.placed", 200 * D, order_id="O9", customer_id="c5", amount=10, **EUR),  # late; 185 d before O10
-    ev("order.placed", 15 * D, order_id="O10", customer_id="c5", amount=20, **EUR),
-    ev("order.delivered", 150, order_id="O11", customer_id="c6"),  # before its order: on time
-    ev("order.placed", 3 * H, order_id="O11", customer_id="c6", amount=25, **EUR, promised_at=at(2 * H)),
-    # Invoices: I1 overdue; I2 not yet due; I3 paid before due; I4 paid after due;
-    # I5 issued long ago (late) and overdue; I6 paid before its issue arrived.
-    ev("invoice.issued", 10 * D, invoice_id="I1", customer_id="c1", amount=100, **EUR, due_at=at(5 * D)),
-    ev("invoice.issued", 3 * D, invoice_id="I2", customer_id="c2", amount=200, **EUR, due_at=at(-2 * D)),
-    ev("invoice.issued", 20 * D, invoice_id="I3", customer_id="c3", amount=50, currency="USD", due_at=at(10 * D)),
-    ev("invoice.paid", 12 * D, invoice_id="I3", customer_id="c3"),
-    ev("invoice.issued", 15 * D, invoice_id="I4", customer_id="c4", amount=80, **EUR, due_at=at(7 * D)),
-    ev("invoice.paid", D, invoice_id="I4", customer_id="c4"),
-    ev("invoice.issued", 100 * D, invoice_id="I5", customer_id="c5", amount=30, currency="USD", due_at=at(70 * D)),
-    ev("invoice.paid", H, invoice_id="I6", customer_id="c6"),
-    ev("invoice.issued", 2 * D, invoice_id="I6", customer_id="c6", amount=999, **EUR, due_at=at(D)),
-]
-
-CUSTOMERS = [
-    ev("customer.acquired", 100 * D, customer_id="c1", segment="smb"),  # late
-    ev("customer.acquired", 20 * D, customer_id="c2"),
-    ev("customer.acquired", 3 * D, customer_id="c3", segment="mid"),
-    ev("customer.acquired", 30, customer_id="c4"),
-    ev("customer.acquired", 5 * H, customer_id="c5"),
-    ev("customer.churned", 2 * D, customer_id="c6", reason="price"),  # churn before its acquisition arrives
-    ev("customer.acquired", 50 * D, customer_id="c6"),  # late
-    ev("customer.acquired", 10 * D, customer_id="c7"),
-    ev("customer.churned", 5 * H, customer_id="c7"),  # acquired and churned in the 30d window
-    ev("customer.acquired", 2 * D, customer_id="c8"),
-    ev("customer.churned", 20, customer_id="c8"),  # acquired and churned in the 7d window
-    ev("subscription.renewal_due", 2 * H, customer_id="c1", subscription_id="S1"),
-    ev("subscription.renewal_due", 3 * D, customer_id="c2", subscription_id="S2"),
-    ev("subscription.renewal_due", 20, customer_id="c3", subscription_id="S3"),
-    ev("subscription.renewed", 30, customer_id="c1", subscription_id="S1"),
-    ev("subscription.renewed", 2 * D, customer_id="c2", subscription_id="S2"),
-]
-
-MARKETING = [
-    ev("marketing.spend", 30, campaign_id="m1", channel="ads", amount=1000, **EUR),
-    ev("marketing.spend", 3 * D, campaign_id="m2", channel="event", amount=500, **EUR, purpose="acquisition"),
-    ev("marketing.spend", 2 * H, campaign_id="m3", channel="social", amount=300, currency="USD"),
-    ev("marketing.spend", 10, campaign_id="m4", channel="email", amount=200, **EUR, purpose="retention"),
-    ev("marketing.spend", 10 * D, campaign_id="m5", channel="email", amount=100, **EUR, purpose="retention"),
-]
-
-ACTIVITIES = [
-    ev("activity.logged", 10, user_id="u1", kind="call"),
-    ev("activity.logged", 30, user_id="u1", kind="email"),
-    ev("activity.logged", 2 * H, user_id="u2", kind="meeting"),
-    ev("activity.logged", 3 * D, user_id="u3", kind="note"),
-    ev("activity.logged", 40 * D, user_id="u3", kind="call"),  # late
-    ev("activity.logged", 20 * D, user_id="u4", kind="other"),
-    ev("activity.logged", 25 * D, user_id="u2", kind="call"),
-]
-
-TICKETS = [
-    # T1: resolved, reopened, resolved again (first resolution 2 h after opening).
-    ev("ticket.opened", 5 * H, ticket_id="T1", customer_id="c1", priority="urgent"),
-    ev("ticket.answered", 4 * H - 30, ticket_id="T1", customer_id="c1", author="bot"),
-    ev("ticket.answered", 4 * H, ticket_id="T1", customer_id="c1"),
-    ev("ticket.resolved", 3 * H, ticket_id="T1", customer_id="c1"),
-    ev("ticket.reopened", 2 * H, ticket_id="T1", customer_id="c1"),
-    ev("ticket.resolved", 30, ticket_id="T1", customer_id="c1"),
-    # T2: resolved, then reopened: back in the backlog.
-    ev("ticket.opened", 2 * D, ticket_id="T2", customer_id="c2", priority="high"),
-    ev("ticket.answered", 1300, ticket_id="T2", customer_id="c2"),
-    ev("ticket.resolved", 20 * H, ticket_id="T2", customer_id="c2"),
-    ev("ticket.reopened", 10, ticket_id="T2", customer_id="c2"),
-    # T3: open, answered; T4: resolution before its opening arrives; T5: resolved in 2 days.
-    ev("ticket.opened", 40, ticket_id="T3", customer_id="c3"),
-    ev("ticket.answered", 20, ticket_id="T3", customer_id="c3", public=False),
-    ev("ticket.answered", 15, ticket_id="T3", customer_id="c3"),
-    ev("ticket.resolved", 15, ticket_id="T4", customer_id="c4"),
-    ev("ticket.opened", 45, ticket_id="T4", customer_id="c4"),
-    ev("ticket.opened", 10 * D, ticket_id="T5", customer_id="c5", priority="low"),
-    ev("ticket.resolved", 8 * D, ticket_id="T5", customer_id="c5"),
-    ev("ticket.opened", 40 * D, ticket_id="T6", customer_id="c6", priority="low"),  # late, still open
-    ev("ticket.resolved", 10, ticket_id="T7", customer_id="c7"),  # opening unknown
-]
-
-
 def risk_ticket(tid: str, customer: str, minutes_ago: float, category: str | None = None) -> dict[str, Any]:
     extra = {"category": category} if category else {}
     return ev("ticket.opened", minutes_ago, ticket_id=tid, customer_id=customer, priority="low", **extra)
@@ -184,33 +72,165 @@ def survey(customer: str, minutes_ago: float, kind: str, score: int) -> dict[str
 
 
 RISK_DROP_MIN = 10  # r6 falls back under the threshold this many minutes after NOW
-RISK = [
-    risk_ticket("R1", "r1", 3 * H, "complaint"),  # r1: complaint 2 + NPS 3 2 = 4
-    survey("r1", 2 * H, "nps", 3),
-    risk_ticket("R2", "c6", 3 * D, "cancellation"),  # c6: cancellation 3 + CES 6 1 = 4, but churned
-    survey("c6", 3 * D, "ces", 6),
-    *(risk_ticket(f"R3{i}", "r3", i * D) for i in range(1, 6)),  # r3: 5 tickets (2) + CSAT 1 (2) = 4
-    survey("r3", D, "csat", 1),
-    risk_ticket("R4", "r4", 40 * D, "complaint"),  # r4: complaint out of the 30 days; NPS 5 2 + CES 7 1 = 3
-    survey("r4", 10 * D, "nps", 5),
-    survey("r4", 5 * D, "ces", 7),
-    risk_ticket("R5", "r5", 35 * D, "complaint"),  # r5: was at 4 until 5 days ago; now NPS 2 alone = 2
-    survey("r5", 10 * D, "nps", 2),
-    survey("r5", 10 * D, "csat", 5),  # a good score adds nothing
-    risk_ticket("R6", "r6", 30 * D - RISK_DROP_MIN, "complaint"),  # r6: 2 + CSAT 2 2 = 4, about to fall under
-    survey("r6", D, "csat", 2),
-]
+def build(now: datetime) -> None:
+    """The stream relative to `now` (each test's own clock), and yesterday's date in New York."""
+    global NOW, HOLIDAY, LEADS, DEALS, ORDERS, CUSTOMERS, MARKETING, ACTIVITIES, TICKETS, RISK, FAMILIES
+    NOW = now
+    HOLIDAY = (NOW.astimezone(ZoneInfo(TZ)) - timedelta(days=1)).date()
+    LEADS = [
+        ev("lead.created", 10, lead_id="L1", lead_source="web"),
+        ev("lead.created", 2 * H, lead_id="L2"),
+        ev("lead.created", 3 * D, lead_id="L3"),
+        ev("lead.created", 10 * D, lead_id="L4"),
+        ev("lead.qualified", 5, lead_id="L1"),
+        ev("lead.qualified", 2 * D, lead_id="L3"),
+        ev("lead.lost", 90, lead_id="L2", reason="no budget"),
+        ev("lead.lost", 9 * D, lead_id="L4", reason="student"),  # outside the allow-list: other
+        ev("lead.lost", 20, lead_id="L5"),  # no reason: unknown
+    ]
 
-FAMILIES = {
-    "leads": LEADS,
-    "deals": DEALS,
-    "orders": ORDERS,
-    "customers": CUSTOMERS,
-    "marketing": MARKETING,
-    "activities": ACTIVITIES,
-    "tickets": TICKETS + [e for e in RISK if e["type"] == "ticket.opened"],
-    "surveys": [e for e in RISK if e["type"] == "survey.submitted"],
-}
+    EUR = {"currency": "EUR"}
+    DEALS = [
+        ev("deal.created", 3 * D, deal_id="D1", customer_id="c1", amount=1000, **EUR),
+        ev("deal.stage_changed", 2 * D, deal_id="D1", customer_id="c1", stage="proposal"),
+        # Older, arrives later:
+        ev("deal.stage_changed", 2.5 * D, deal_id="D1", customer_id="c1", stage="qualification"),
+        ev("deal.created", 20 * H, deal_id="D2", customer_id="c2", amount=500, currency="USD", stage="negotiation"),
+        ev("deal.stage_changed", 10 * H, deal_id="D2", customer_id="c2", stage="proposal"),
+        ev("deal.won", 30, deal_id="D2", customer_id="c2", amount=500, currency="USD"),  # stage changed, then won
+        ev("deal.created", 5 * D, deal_id="D3", customer_id="c3", amount=200, **EUR),
+        ev("deal.stage_changed", 4 * D, deal_id="D3", customer_id="c3", stage="legal review"),  # capped: other
+        ev("deal.created", 2 * H, deal_id="D4", customer_id="c4", amount=300, **EUR),
+        ev("deal.lost", 50, deal_id="D4", customer_id="c4", reason="price"),
+        ev("deal.stage_changed", 10, deal_id="D5", customer_id="c5", stage="negotiation"),  # before its creation
+        ev("deal.created", 20, deal_id="D5", customer_id="c5", amount=50.5, **EUR),
+        ev("deal.created", 40 * D, deal_id="D6", customer_id="c6", amount=10, **EUR),  # late: still open now
+        ev("quote.sent", 3 * H, quote_id="Q1", customer_id="c1", amount=100, **EUR),
+        ev("quote.sent", 2 * D, quote_id="Q2", customer_id="c1", amount=50, **EUR, deal_id="D1"),
+        ev("quote.sent", 10, quote_id="Q3", customer_id="c3", amount=30, **EUR),
+    ]
+
+    ORDERS = [
+        ev("order.placed", 2 * H, order_id="O1", customer_id="c1", amount=100, **EUR, quote_id="Q1", promised_at=at(H)),
+        ev("order.delivered", 90, order_id="O1", customer_id="c1"),  # on time
+        ev("order.placed", 30, order_id="O2", customer_id="c1", amount=50, **EUR, quote_id="Q2", promised_at=at(25)),
+        ev("order.delivered", 20, order_id="O2", customer_id="c1"),  # late
+        # A quote never sent:
+        ev("order.placed", 20, order_id="O3", customer_id="c2", amount=80, currency="USD", quote_id="Q9"),
+        ev("order.delivered", 10, order_id="O3", customer_id="c2"),  # no promise: not in the ratio
+        ev("order.placed", 5, order_id="O4", customer_id="c3", amount=30, **EUR, quote_id="Q3", promised_at=at(-D)),
+        ev("order.placed", 3 * D, order_id="O5", customer_id="c2", amount=20, currency="USD", promised_at=at(2.5 * D)),
+        ev("order.delivered", 2 * D, order_id="O5", customer_id="c2"),  # late
+        ev("order.placed", 10 * D, order_id="O6", customer_id="c1", amount=70, **EUR),
+        ev("order.placed", 400 * D, order_id="O7", customer_id="c4", amount=40, **EUR),  # late; > 365 d before O8
+        ev("order.placed", 10, order_id="O8", customer_id="c4", amount=60, **EUR),
+        ev("order.placed", 200 * D, order_id="O9", customer_id="c5", amount=10, **EUR),  # late; 185 d before O10
+        ev("order.placed", 15 * D, order_id="O10", customer_id="c5", amount=20, **EUR),
+        ev("order.delivered", 150, order_id="O11", customer_id="c6"),  # before its order: on time
+        ev("order.placed", 3 * H, order_id="O11", customer_id="c6", amount=25, **EUR, promised_at=at(2 * H)),
+        # Invoices: I1 overdue; I2 not yet due; I3 paid before due; I4 paid after due;
+        # I5 issued long ago (late) and overdue; I6 paid before its issue arrived.
+        ev("invoice.issued", 10 * D, invoice_id="I1", customer_id="c1", amount=100, **EUR, due_at=at(5 * D)),
+        ev("invoice.issued", 3 * D, invoice_id="I2", customer_id="c2", amount=200, **EUR, due_at=at(-2 * D)),
+        ev("invoice.issued", 20 * D, invoice_id="I3", customer_id="c3", amount=50, currency="USD", due_at=at(10 * D)),
+        ev("invoice.paid", 12 * D, invoice_id="I3", customer_id="c3"),
+        ev("invoice.issued", 15 * D, invoice_id="I4", customer_id="c4", amount=80, **EUR, due_at=at(7 * D)),
+        ev("invoice.paid", D, invoice_id="I4", customer_id="c4"),
+        ev("invoice.issued", 100 * D, invoice_id="I5", customer_id="c5", amount=30, currency="USD", due_at=at(70 * D)),
+        ev("invoice.paid", H, invoice_id="I6", customer_id="c6"),
+        ev("invoice.issued", 2 * D, invoice_id="I6", customer_id="c6", amount=999, **EUR, due_at=at(D)),
+    ]
+
+    CUSTOMERS = [
+        ev("customer.acquired", 100 * D, customer_id="c1", segment="smb"),  # late
+        ev("customer.acquired", 20 * D, customer_id="c2"),
+        ev("customer.acquired", 3 * D, customer_id="c3", segment="mid"),
+        ev("customer.acquired", 30, customer_id="c4"),
+        ev("customer.acquired", 5 * H, customer_id="c5"),
+        ev("customer.churned", 2 * D, customer_id="c6", reason="price"),  # churn before its acquisition arrives
+        ev("customer.acquired", 50 * D, customer_id="c6"),  # late
+        ev("customer.acquired", 10 * D, customer_id="c7"),
+        ev("customer.churned", 5 * H, customer_id="c7"),  # acquired and churned in the 30d window
+        ev("customer.acquired", 2 * D, customer_id="c8"),
+        ev("customer.churned", 20, customer_id="c8"),  # acquired and churned in the 7d window
+        ev("subscription.renewal_due", 2 * H, customer_id="c1", subscription_id="S1"),
+        ev("subscription.renewal_due", 3 * D, customer_id="c2", subscription_id="S2"),
+        ev("subscription.renewal_due", 20, customer_id="c3", subscription_id="S3"),
+        ev("subscription.renewed", 30, customer_id="c1", subscription_id="S1"),
+        ev("subscription.renewed", 2 * D, customer_id="c2", subscription_id="S2"),
+    ]
+
+    MARKETING = [
+        ev("marketing.spend", 30, campaign_id="m1", channel="ads", amount=1000, **EUR),
+        ev("marketing.spend", 3 * D, campaign_id="m2", channel="event", amount=500, **EUR, purpose="acquisition"),
+        ev("marketing.spend", 2 * H, campaign_id="m3", channel="social", amount=300, currency="USD"),
+        ev("marketing.spend", 10, campaign_id="m4", channel="email", amount=200, **EUR, purpose="retention"),
+        ev("marketing.spend", 10 * D, campaign_id="m5", channel="email", amount=100, **EUR, purpose="retention"),
+    ]
+
+    ACTIVITIES = [
+        ev("activity.logged", 10, user_id="u1", kind="call"),
+        ev("activity.logged", 30, user_id="u1", kind="email"),
+        ev("activity.logged", 2 * H, user_id="u2", kind="meeting"),
+        ev("activity.logged", 3 * D, user_id="u3", kind="note"),
+        ev("activity.logged", 40 * D, user_id="u3", kind="call"),  # late
+        ev("activity.logged", 20 * D, user_id="u4", kind="other"),
+        ev("activity.logged", 25 * D, user_id="u2", kind="call"),
+    ]
+
+    TICKETS = [
+        # T1: resolved, reopened, resolved again (first resolution 2 h after opening).
+        ev("ticket.opened", 5 * H, ticket_id="T1", customer_id="c1", priority="urgent"),
+        ev("ticket.answered", 4 * H - 30, ticket_id="T1", customer_id="c1", author="bot"),
+        ev("ticket.answered", 4 * H, ticket_id="T1", customer_id="c1"),
+        ev("ticket.resolved", 3 * H, ticket_id="T1", customer_id="c1"),
+        ev("ticket.reopened", 2 * H, ticket_id="T1", customer_id="c1"),
+        ev("ticket.resolved", 30, ticket_id="T1", customer_id="c1"),
+        # T2: resolved, then reopened: back in the backlog.
+        ev("ticket.opened", 2 * D, ticket_id="T2", customer_id="c2", priority="high"),
+        ev("ticket.answered", 1300, ticket_id="T2", customer_id="c2"),
+        ev("ticket.resolved", 20 * H, ticket_id="T2", customer_id="c2"),
+        ev("ticket.reopened", 10, ticket_id="T2", customer_id="c2"),
+        # T3: open, answered; T4: resolution before its opening arrives; T5: resolved in 2 days.
+        ev("ticket.opened", 40, ticket_id="T3", customer_id="c3"),
+        ev("ticket.answered", 20, ticket_id="T3", customer_id="c3", public=False),
+        ev("ticket.answered", 15, ticket_id="T3", customer_id="c3"),
+        ev("ticket.resolved", 15, ticket_id="T4", customer_id="c4"),
+        ev("ticket.opened", 45, ticket_id="T4", customer_id="c4"),
+        ev("ticket.opened", 10 * D, ticket_id="T5", customer_id="c5", priority="low"),
+        ev("ticket.resolved", 8 * D, ticket_id="T5", customer_id="c5"),
+        ev("ticket.opened", 40 * D, ticket_id="T6", customer_id="c6", priority="low"),  # late, still open
+        ev("ticket.resolved", 10, ticket_id="T7", customer_id="c7"),  # opening unknown
+    ]
+
+
+    RISK = [
+        risk_ticket("R1", "r1", 3 * H, "complaint"),  # r1: complaint 2 + NPS 3 2 = 4
+        survey("r1", 2 * H, "nps", 3),
+        risk_ticket("R2", "c6", 3 * D, "cancellation"),  # c6: cancellation 3 + CES 6 1 = 4, but churned
+        survey("c6", 3 * D, "ces", 6),
+        *(risk_ticket(f"R3{i}", "r3", i * D) for i in range(1, 6)),  # r3: 5 tickets (2) + CSAT 1 (2) = 4
+        survey("r3", D, "csat", 1),
+        risk_ticket("R4", "r4", 40 * D, "complaint"),  # r4: complaint out of the 30 days; NPS 5 2 + CES 7 1 = 3
+        survey("r4", 10 * D, "nps", 5),
+        survey("r4", 5 * D, "ces", 7),
+        risk_ticket("R5", "r5", 35 * D, "complaint"),  # r5: was at 4 until 5 days ago; now NPS 2 alone = 2
+        survey("r5", 10 * D, "nps", 2),
+        survey("r5", 10 * D, "csat", 5),  # a good score adds nothing
+        risk_ticket("R6", "r6", 30 * D - RISK_DROP_MIN, "complaint"),  # r6: 2 + CSAT 2 2 = 4, about to fall under
+        survey("r6", D, "csat", 2),
+    ]
+
+    FAMILIES = {
+        "leads": LEADS,
+        "deals": DEALS,
+        "orders": ORDERS,
+        "customers": CUSTOMERS,
+        "marketing": MARKETING,
+        "activities": ACTIVITIES,
+        "tickets": TICKETS + [e for e in RISK if e["type"] == "ticket.opened"],
+        "surveys": [e for e in RISK if e["type"] == "survey.submitted"],
+    }
 
 
 def in_hours(moment: datetime) -> bool:
@@ -361,6 +381,7 @@ def crm_kpi(env: dict[str, str], *args: str) -> str:
 
 @pytest.fixture
 def stack(kafka_bootstrap: str, redis_url: str, prefix: str, tmp_path: Any) -> Any:
+    build(datetime.now(UTC).replace(microsecond=0))
     env = stack_env(
         kafka_bootstrap,
         redis_url,
@@ -403,14 +424,23 @@ async def test_every_catalog_series_is_exact(stack: Any, redis: Any, kafka_boots
 
     await wait_for(exporter_up, 30, "the exporter to serve /metrics")
     got = {k: v for k, v in scrape(url).items() if k[0] in CATALOG}
+    read_within = time.time() - NOW.timestamp()
+    assert read_within <= HEADROOM_S, f"read {read_within:.0f}s after NOW: beyond the stream's {HEADROOM_S:.0f}s"
     want = expected_series()
     assert set(got) == set(want), (sorted(set(got) - set(want)), sorted(set(want) - set(got)))
     for series, value in want.items():
         if series[0] in ("crm_ticket_first_resolution_seconds", "crm_first_response_business_seconds"):
-            assert got[series] == pytest.approx(value, rel=0.02), series
+            assert got[series] == pytest.approx(value, rel=0.01), series  # the sketch's documented bound
         else:
             assert got[series] == pytest.approx(value, rel=1e-9, abs=1e-9), series
     assert {name for name, _ in want} == CATALOG  # every full-catalog metric is asserted
+
+    # crm-kpi kpis on this populated store: the exporter's series, the same values (README).
+    rows = json.loads(crm_kpi(env, "kpis", "--json"))
+    printed = {(r["metric"], tuple(sorted(r["labels"].items()))): r["value"] for r in rows}
+    assert {k: v for k, v in printed.items() if k[0] in CATALOG} == got
+    table = crm_kpi(env, "kpis")
+    assert all(name in table for name in {k[0] for k in printed}), table
 
     # crm-kpi at-risk: the right customers, points and reasons; r6 falls under at NOW + 10 min.
     rows = json.loads(crm_kpi(env, "at-risk", "--json"))

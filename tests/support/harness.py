@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def required_tool(name: str, debian_package: str) -> str:
-    """Path of an external tool the test needs: skipped without it locally, a failure without it in CI."""
+    """Path of an external tool the test needs: skipped without it locally, a failure without it in CI.
+
+    CI is the environment variable `.ci/run` exports; tests/conftest.py also turns any other skip
+    into a failure there.
+    """
     path = shutil.which(name)
     if path is None:
         message = f"{name} not on PATH (Debian package: {debian_package})"

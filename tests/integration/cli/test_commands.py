@@ -111,3 +111,13 @@ def test_kpis_json_on_an_empty_store(redis_url: str, prefix: str) -> None:
     names = {r["metric"] for r in rows}
     assert "crm_tickets_awaiting_response" in names
     assert "crm_nps_score" not in names and "crm_deal_win_ratio" not in names
+
+
+def test_the_demos_documented_defaults() -> None:
+    """README 'What the demo shows': 500 customers, the last two hours backfilled, a refresh every 1.5 s."""
+    from stream.cli.commands import demo
+
+    defaults = {p.name: p.default for p in demo.params}
+    assert (defaults["customers"], defaults["history"], defaults["refresh"]) == (500, "2h", 1.5)
+    readme = (ROOT / "README.md").read_text()
+    assert "500 customers" in readme and "the last two hours" in readme and "every 1.5 s" in readme

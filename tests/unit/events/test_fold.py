@@ -70,6 +70,10 @@ SCENARIO = [
     E(type="deal.won", deal_id="x", occurred_at=ago(30), deal_created_at=None, amount=Decimal(1), currency="EUR"),
     E(type="deal.won", deal_id="y", occurred_at=ago(20), deal_created_at=ago(80), amount=Decimal(2), currency="EUR"),
     E(type="deal.won", deal_id="z", occurred_at=ago(15), deal_created_at=None, amount=Decimal(1), currency="EUR"),
+    # Won three times: the creation time is the one carried by the earliest win that carries one.
+    E(type="deal.won", deal_id="w", occurred_at=ago(25), deal_created_at=None, amount=Decimal(1), currency="EUR"),
+    E(type="deal.won", deal_id="w", occurred_at=ago(18), deal_created_at=ago(70), amount=Decimal(1), currency="EUR"),
+    E(type="deal.won", deal_id="w", occurred_at=ago(12), deal_created_at=ago(90), amount=Decimal(1), currency="EUR"),
 ]
 
 
@@ -84,8 +88,9 @@ def test_scenario_figures() -> None:
     assert r.zsets[AWAITING_RESPONSE.of("high").name] == {"b": ago(30).timestamp()}
     assert r.zsets[AWAITING_RESPONSE.of("normal").name] == {"e": ago(59).timestamp()}
     assert r.zsets[AWAITING_RESPONSE.of("urgent").name] == {}
-    # sales cycle: x 570 min (stored creation), y 60 min (carried creation); z unknown
-    assert CYCLE_COUNT.of(h) == 2 and CYCLE_TOTAL_US.of(h) == (570 + 60) * 60 * 10**6
+    # sales cycle: x 570 min (stored creation), y 60 min (carried creation), w 45 min (its first win,
+    # 25 min ago, against the creation its second win carried, 70 min ago); z unknown
+    assert CYCLE_COUNT.of(h) == 3 and CYCLE_TOTAL_US.of(h) == (570 + 60 + 45) * 60 * 10**6
 
 
 @settings(max_examples=60, deadline=None)
