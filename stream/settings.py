@@ -99,6 +99,7 @@ SECRET_SETTINGS = (
     "kafka_sasl_oauth_client_secret",
     "kafka_ssl_key_password",
     "redis_password",
+    "redis_tls_key_password",
 )
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 _TLS_PROTOCOLS = ("SSL", "SASL_SSL")
@@ -153,6 +154,7 @@ class Settings(BaseSettings):
     redis_tls_cafile: OptStr = None
     redis_tls_certfile: OptStr = None
     redis_tls_keyfile: OptStr = None
+    redis_tls_key_password: OptSecret = None
     redis_key_prefix: str = Field("crm", pattern=r"^[A-Za-z0-9_.:-]+$")
 
     # Windows and state
@@ -322,7 +324,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CRM_KPI_REDIS_USERNAME and a user name in CRM_KPI_REDIS_URL are both set: keep only one"
             )
-        tls_fields = ("redis_tls_cafile", "redis_tls_certfile", "redis_tls_keyfile")
+        tls_fields = ("redis_tls_cafile", "redis_tls_certfile", "redis_tls_keyfile", "redis_tls_key_password")
         if url.scheme != "rediss":
             for name in tls_fields:
                 if getattr(self, name) is not None:
@@ -349,7 +351,10 @@ class Settings(BaseSettings):
         """The Redis TLS file settings (`stream.security.TlsFiles`); host names are always checked."""
         from stream.security.tls import TlsFiles
 
-        return TlsFiles("CRM_KPI_REDIS_TLS", self.redis_tls_cafile, self.redis_tls_certfile, self.redis_tls_keyfile)
+        password = self.redis_tls_key_password.get_secret_value() if self.redis_tls_key_password else None
+        return TlsFiles(
+            "CRM_KPI_REDIS_TLS", self.redis_tls_cafile, self.redis_tls_certfile, self.redis_tls_keyfile, password
+        )
 
     def secret_values(self) -> list[str]:
         """Every secret these settings hold (passwords, client secret, the URL's password), for redaction."""

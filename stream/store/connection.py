@@ -63,6 +63,8 @@ def _options(settings: Settings) -> dict[str, Any]:
         if settings.redis_tls_certfile:
             opts["ssl_certfile"] = settings.redis_tls_certfile
             opts["ssl_keyfile"] = settings.redis_tls_keyfile
+            if settings.redis_tls_key_password is not None:
+                opts["ssl_password"] = settings.redis_tls_key_password.get_secret_value()
     return opts
 
 

@@ -242,7 +242,7 @@ async def test_redis_frozen_pauses_the_worker_and_the_exporter_answers_within_a_
 def test_a_client_certificate_when_redis_requires_one(pki: Authority, prefix: str, tmp_path: Path) -> None:
     """`tls-auth-clients yes`: without CRM_KPI_REDIS_TLS_CERTFILE one line naming it, with it the read works."""
     server = SecureRedis(pki, client_certs=True).start()
-    client = pki.issue(f"{prefix}-redis-client")
+    client = pki.issue(f"{prefix}-redis-client", password="redis-client-key-pass")
     try:
         env = {
             "CRM_KPI_REDIS_URL": server.url(tls=True), "CRM_KPI_REDIS_TLS_CAFILE": str(pki.ca),
@@ -256,8 +256,12 @@ def test_a_client_certificate_when_redis_requires_one(pki: Authority, prefix: st
             one_line(run),
         ), run.output
         env |= {"CRM_KPI_REDIS_TLS_CERTFILE": str(client.cert), "CRM_KPI_REDIS_TLS_KEYFILE": str(client.key)}
+        run = crm_kpi(env, "kpis")  # the key is encrypted: its password is a setting too
+        assert run.code == 2
+        assert one_line(run).endswith("is encrypted: set CRM_KPI_REDIS_TLS_KEY_PASSWORD")
+        env["CRM_KPI_REDIS_TLS_KEY_PASSWORD"] = "redis-client-key-pass"
         run = crm_kpi(env, "kpis", "--json")
         assert run.code == 0, run.output
-        assert ADMIN_PASSWORD not in run.output
+        assert ADMIN_PASSWORD not in run.output and "redis-client-key-pass" not in run.output
     finally:
         server.stop()
