@@ -701,7 +701,8 @@ async def test_poison_flood_dead_letters_every_invalid_record_with_its_reason(
             assert headers["detail"], where
             seen[(letter.value, headers["reason"])] += 1
         assert seen == Counter((value, reason) for _, _, value, reason in poison)
-        assert mixed_rate >= 0.25 * clean_rate, "the performance target is 50 %: see bench/ for the measurement"
+        # No assertion on the rates: wall-clock speed belongs to the benchmark, not to a test
+        # (this machine's load alone moves it); the printed ratio is for the reader of the log.
     finally:
         worker.stop()
 
