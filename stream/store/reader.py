@@ -67,9 +67,9 @@ def read_snapshot(
     reply = script(keys=[keys.current], args=argv)
     totals: dict[str, Totals] = {}
     for w, flat in zip(windows, reply, strict=False):
-        totals[w.label] = Totals((as_text(flat[j]), int(float(flat[j + 1]))) for j in range(0, len(flat), 2))
+        totals[w.label] = Totals(zip(map(as_text, flat[0::2]), map(int, flat[1::2]), strict=True))
     cur_flat = reply[len(windows)]
-    counters = {as_text(cur_flat[j]): int(cur_flat[j + 1]) for j in range(0, len(cur_flat), 2)}
+    counters = Totals(zip(map(as_text, cur_flat[0::2]), map(int, cur_flat[1::2]), strict=True))
     for t in totals.values():
         t.current = counters
     zstats: dict[str, ZStat] = {}

@@ -2,7 +2,7 @@
 -- ARGV: n_windows, then per window (bucket key prefix, distinct key prefix, first bucket,
 --       last bucket); the distinct and repeated answer codes; n_distinct, distinct names;
 --       current hash key; n_zsets, then per zset (key, score threshold).
--- Returns {window sums..., current hash, zset stats...}; sums as flat field/value lists,
+-- Returns {window sums..., current hash, zset stats...}; sums as flat field/value lists (integers),
 -- each ending with '<distinct code>|<name>' (distinct members) and '<repeated code>|<name>'
 -- (members counted >= 2); the codes come from stream/kpis/registry.py (DistinctCount).
 local argv, i = ARGV, 0
@@ -23,20 +23,21 @@ local names = {}
 for j = 1, n_names do names[j] = nxt() end
 for w = 1, n_windows do
   local prefix, dprefix, first, last = specs[w][1], specs[w][2], specs[w][3], specs[w][4]
-  local sums, order = {}, {}
+  -- The hot loop of a scrape (every field of every bucket): one table look-up per field,
+  -- Lua's string-to-number coercion, and the sums returned as integer replies.
+  local sums = {}
   for k = first, last do
     local flat = redis.call('HGETALL', prefix .. k)
     for j = 1, #flat, 2 do
       local f = flat[j]
-      local v = tonumber(flat[j + 1])
-      if sums[f] == nil then sums[f] = v; order[#order + 1] = f else sums[f] = sums[f] + v end
+      sums[f] = (sums[f] or 0) + flat[j + 1]
     end
   end
-  local flat = {}
-  for _, f in ipairs(order) do
-    flat[#flat + 1] = f
-    -- Integer sums beyond 2^53 lose nothing that a float64 gauge would keep.
-    flat[#flat + 1] = string.format('%.17g', sums[f])
+  local flat, n = {}, 0
+  for f, v in pairs(sums) do
+    flat[n + 1] = f
+    flat[n + 2] = v
+    n = n + 2
   end
   for _, name in ipairs(names) do
     local counts, distinct, repeated = {}, 0, 0
@@ -51,8 +52,8 @@ for w = 1, n_windows do
       if c >= 1 then distinct = distinct + 1 end
       if c >= 2 then repeated = repeated + 1 end
     end
-    flat[#flat + 1] = distinct_code .. '|' .. name; flat[#flat + 1] = tostring(distinct)
-    flat[#flat + 1] = repeated_code .. '|' .. name; flat[#flat + 1] = tostring(repeated)
+    flat[#flat + 1] = distinct_code .. '|' .. name; flat[#flat + 1] = distinct
+    flat[#flat + 1] = repeated_code .. '|' .. name; flat[#flat + 1] = repeated
   end
   out[#out + 1] = flat
 end
