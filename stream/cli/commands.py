@@ -24,6 +24,7 @@ def _settings(**overrides: Any) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="crm-kpi-stream", prog_name="crm-kpi", message="%(prog)s %(version)s")
 def cli() -> None:
     """Streaming CRM KPIs: Kafka events in, Redis windows, Prometheus gauges out."""
 
@@ -96,19 +97,26 @@ def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
     console.print(f"published {sent}, skipped {len(bad)} invalid, {sent / elapsed if elapsed else 0:,.0f} events/s")
 
 
+def _plain_output() -> bool:
+    """True when stdout is not a terminal: the read commands print tab-separated lines."""
+    return not sys.stdout.isatty()
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def kpis(as_json: bool) -> None:
-    """Print the current KPIs (every window) as a table."""
+    """Print the current KPIs (every window) as a table; tab-separated lines when piped."""
     from rich.console import Console
 
-    from stream.cli.tables import kpi_rows, kpi_table
+    from stream.cli.tables import kpi_rows, kpi_table, kpi_tsv
     from stream.exporter.collector import snapshot, sync_redis
 
     settings = _settings()
     snap = snapshot(sync_redis(settings), settings)
     if as_json:
         click.echo(json.dumps(kpi_rows(snap), indent=2))
+    elif _plain_output():
+        click.echo("\n".join(kpi_tsv(snap)))
     else:
         Console().print(kpi_table(snap))
 
@@ -117,13 +125,13 @@ def kpis(as_json: bool) -> None:
 @click.option("--top", type=int, default=None, help="Only the N customers with the most points.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def at_risk(top: int | None, as_json: bool) -> None:
-    """List the customers at churn risk with their points and reasons."""
+    """List the customers at churn risk with their points and reasons; tab-separated lines when piped."""
     import time
     from datetime import UTC, datetime
 
     from rich.console import Console
-    from rich.table import Table
 
+    from stream.cli.tables import at_risk_table, at_risk_tsv
     from stream.exporter.collector import sync_redis
     from stream.store import Keys, read_at_risk
 
@@ -133,16 +141,10 @@ def at_risk(top: int | None, as_json: bool) -> None:
         row["at_risk_until"] = datetime.fromtimestamp(row["at_risk_until"], UTC).isoformat().replace("+00:00", "Z")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"Customers at churn risk ({len(rows)})")
-    table.add_column("customer", style="cyan")
-    table.add_column("points", justify="right")
-    table.add_column("reasons")
-    table.add_column("at risk until (if nothing new)")
-    for row in rows:
-        why = ", ".join(f"{r['reason']} x{r['count']} ({r['points']})" for r in row["reasons"])
-        table.add_row(row["customer_id"], str(row["points"]), why, row["at_risk_until"])
-    Console().print(table)
+    elif _plain_output():
+        click.echo("\n".join(at_risk_tsv(rows)))
+    else:
+        Console().print(at_risk_table(rows))
 
 
 @cli.group()
@@ -168,24 +170,32 @@ def schemas_export(directory: Path, topic_prefix: str) -> None:
 # --- simulate -------------------------------------------------------------------
 
 
-_INCIDENTS = ("churn-spike", "slow-responses")  # stream.simulator.INCIDENTS (checked by a test)
-_INCIDENT_HELP = "Make alerts fire on purpose (repeatable): first answers ~6x slower, or churn ~10x."
+_INCIDENTS = ("churn-spike", "slow-responses")  # synthetic_crm.INCIDENTS (checked by a test)
+_INCIDENT_HELP = (
+    "Make alerts fire on purpose (repeatable), from 12 hours before the live edge: first answers 6x slower,"
+    " or churn 10x and NPS down."
+)
+_RATE_HELP = (
+    "Mean events per second of event time, reached by making every customer busier (load tests);"
+    " default: the realistic rate of --customers."
+)
 
 
 @cli.command()
-@click.option("--rate", type=float, default=50.0, show_default=True,
-              help="Mean events per second of event time (= wall time when live); follows a weekly profile.")
-@click.option("--customers", type=int, default=500, show_default=True, help="Initial customer population.")
+@click.option("--rate", type=float, default=None, help=_RATE_HELP)
+@click.option("--customers", type=int, default=500, show_default=True, help="Customers at the start.")
 @click.option("--duration", default=None, help="Stop after this much event time (90s, 15m, 2h, 7d).")
 @click.option("--events", type=int, default=None, help="Stop after this many events.")
 @click.option("--seed", type=int, default=None,
               help="Random seed (same seed and --start: same events); random if not given.")
 @click.option("--start", default=None, help="RFC 3339 event time of the first event (past: backfill). Default: now.")
 @click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
+@click.option("--incident-start", default=None,
+              help="RFC 3339 event time the incidents begin. Default: 12 hours before now, or --start if later.")
 @click.option("--core-only", is_flag=True, help="Only the core event types (leads, deals, tickets, surveys).")
 def simulate(
-    rate: float, customers: int, duration: str | None, events: int | None, seed: int | None,
-    start: str | None, incidents: tuple[str, ...], core_only: bool,
+    rate: float | None, customers: int, duration: str | None, events: int | None, seed: int | None,
+    start: str | None, incidents: tuple[str, ...], incident_start: str | None, core_only: bool,
 ) -> None:
     """Publish a realistic synthetic CRM event stream (until --duration/--events, or Ctrl-C).
 
@@ -193,21 +203,25 @@ def simulate(
     history (--start in the past) goes out at full speed, then the run continues live.
     """
     import random
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
     from rich.console import Console
 
     from stream.devtools.simulate import parse_start, run_cli
-    from stream.devtools.synthetic_crm import SimConfig
+    from stream.devtools.synthetic_crm import INCIDENT_LEAD_S, SimConfig, natural_rate
     from stream.settings import parse_duration
 
     settings = _settings()
     try:
         duration_s = parse_duration(duration) if duration is not None else None
-        first = parse_start(start) if start is not None else datetime.now(UTC)
+        now = datetime.now(UTC)
+        first = parse_start(start) if start is not None else now
         config = SimConfig(
             seed=seed if seed is not None else random.SystemRandom().randrange(1_000_000),
             customers=customers, rate=rate, incidents=frozenset(incidents), catalog=not core_only,
+            incident_start=(
+                parse_start(incident_start) if incident_start else max(first, now - timedelta(seconds=INCIDENT_LEAD_S))
+            ),
         )
         if events is not None and events < 0:
             raise ValueError("--events must be >= 0")
@@ -216,7 +230,8 @@ def simulate(
     console = Console(stderr=True, soft_wrap=True)
     mode = "backfill from" if first.timestamp() < datetime.now(UTC).timestamp() - 1 else "live from"
     console.print(
-        f"simulate: seed {config.seed}, {customers} customers, rate {rate:g}/s, {mode} "
+        f"simulate: seed {config.seed}, {customers:,} customers, "
+        f"rate {rate if rate is not None else natural_rate(customers, not core_only):.3g}/s, {mode} "
         f"{first.strftime('%Y-%m-%dT%H:%M:%SZ')}"
         + (f", incidents {', '.join(sorted(incidents))}" if incidents else "")
         + f" -> {settings.topic('*')} on {settings.kafka_bootstrap_servers}"
@@ -234,10 +249,10 @@ def simulate(
 
 @cli.command()
 @click.option("--duration", default=None, help="Stop after this long (90s, 5m); default: until Ctrl-C.")
-@click.option("--rate", type=float, default=20.0, show_default=True, help="Simulator: mean events per second.")
-@click.option("--customers", type=int, default=500, show_default=True, help="Simulator: initial customers.")
+@click.option("--customers", type=int, default=20_000, show_default=True, help="Simulator: customers at the start.")
+@click.option("--rate", type=float, default=None, help=f"Simulator: {_RATE_HELP[0].lower()}{_RATE_HELP[1:]}")
 @click.option("--seed", type=int, default=None, help="Simulator seed; random if not given.")
-@click.option("--history", default="2h", show_default=True, help="Backfill this much simulated past first.")
+@click.option("--history", default="7d", show_default=True, help="Backfill this much simulated past first.")
 @click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
 @click.option("--worker-port", type=int, default=None, help="Worker /metrics port; free one if not given.")
 @click.option("--exporter-port", type=int, default=None, help="Exporter /metrics port; free one if not given.")
@@ -246,7 +261,7 @@ def simulate(
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="On exit, write pids, ports, URLs and KPI samples taken during the run to this file.")
 def demo(
-    duration: str | None, rate: float, customers: int, seed: int | None, history: str,
+    duration: str | None, customers: int, rate: float | None, seed: int | None, history: str,
     incidents: tuple[str, ...], worker_port: int | None, exporter_port: int | None, refresh: float,
     full: bool, json_out: Path | None,
 ) -> None:

@@ -39,7 +39,7 @@ def create_app(settings: Settings) -> tuple[Any, BatchConsumer]:
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         web_enabled=True,
         web_port=settings.worker_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.worker_host,
         store="memory://",
         autodiscover=False,
     )

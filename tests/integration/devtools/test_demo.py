@@ -126,6 +126,8 @@ async def test_published_stream_is_the_simulators_mix_on_the_right_topics(kafka_
         start,
         "--incident",
         "slow-responses",
+        "--incident-start",
+        start,
     )
     config = SimConfig(seed=11, customers=200, rate=0.3, incidents=frozenset({"slow-responses"}))
     expected = [orjson.dumps(e) for e in generate(config, parse_start(start), duration_s=2 * 86400)]
@@ -143,6 +145,9 @@ async def test_published_stream_is_the_simulators_mix_on_the_right_topics(kafka_
         "activity.logged",
     }
     assert mix["ticket.answered"] > mix["ticket.opened"] / 2 and mix["customer.acquired"] >= 200
+    # The customer base first (dated at its sign-ups), then the simulated days from --start on.
+    starts = sorted(orjson.loads(v)["occurred_at"] for v in published)
+    assert starts[200] >= "2026-01-05T00:00:00"
     for (family, _), recs in records.items():
         last = ""
         for key, value, _ in recs:
@@ -308,7 +313,7 @@ def _assert_all_gone(demo: Demo, pids: dict[str, int], ports: dict[str, int]) ->
 
 @pytest.mark.slow
 def test_demo_runs_for_its_duration_with_changing_kpis_and_leaves_nothing(tmp_path: Path) -> None:
-    demo = Demo(tmp_path, "--duration", "25", "--history", "30m", "--rate", "20")
+    demo = Demo(tmp_path, "--duration", "25", "--history", "30m", "--customers", "2000", "--rate", "5")
     try:
         pids = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", demo.find(r"^pids ").string)}
         exporter = demo.find(r"^KPI gauges\s+(http://\S+)").group(1)
@@ -337,7 +342,7 @@ def test_demo_runs_for_its_duration_with_changing_kpis_and_leaves_nothing(tmp_pa
 
 @pytest.mark.slow
 def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
-    demo = Demo(tmp_path, "--history", "10m", "--rate", "20")
+    demo = Demo(tmp_path, "--history", "10m", "--customers", "2000", "--rate", "5")
     try:
         pids = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", demo.find(r"^pids ").string)}
         exporter = demo.find(r"^KPI gauges\s+(http://\S+)").group(1)

@@ -1,0 +1,111 @@
+"""The shipped alert rules over the demo's simulated CRM: quiet when healthy, each incident fires its alerts.
+
+The demo's world (`DemoOptions` defaults: its customers and its history, as
+`crm-kpi demo` backfills them) is replayed through the product's fold and
+atomic Lua write on a real Redis with a virtual clock (`tests/support/replay.py`),
+and read back minute by minute with the exporter's read over the last 90
+minutes. `promtool test rules` - Prometheus's own rule engine on a simulated
+clock - then evaluates the committed rule files (deploy/prometheus/rules/)
+over those series at every minute: 90 simulated minutes in a few seconds, long
+enough for every alert's `for` (at most 1h) to run its course.
+
+Healthy: no alert fires at any minute. With an incident (begun 12 hours before
+the end, as in the demo), exactly the alerts `INCIDENT_ALERTS` names fire at
+the end. Without `promtool` on PATH this skips locally and fails under CI.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+import yaml
+
+from deploy import monitoring
+from stream.devtools.demo import DemoOptions
+from stream.devtools.synthetic_crm import INCIDENT_ALERTS, INCIDENT_LEAD_S, INCIDENTS, SimConfig, generate
+from tests.support.config import clean_settings
+from tests.support.harness import required_tool
+from tests.support.replay import Replay, Scrapes, replay_world
+
+SPAN_MIN = 90
+SEED = 20261126
+_FAILED = re.compile(r"alertname: (\w+), time: (\S+), ")
+
+
+async def _scrapes(redis_url: str, prefix: str, incidents: frozenset[str]) -> Scrapes:
+    opts = DemoOptions()
+    end_s = float(int(time.time()) // 60 * 60)
+    start = datetime.fromtimestamp(end_s - opts.history_s, UTC)
+    config = SimConfig(
+        seed=SEED,
+        customers=opts.customers,
+        incidents=incidents,
+        incident_start=datetime.fromtimestamp(end_s - INCIDENT_LEAD_S, UTC),
+    )
+    settings = clean_settings(redis_url=redis_url, redis_key_prefix=prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    reader = redis.Redis.from_url(redis_url)
+    try:
+        replay = Replay(client, reader, settings)
+        return await replay_world(replay, generate(config, start, duration_s=opts.history_s), end_s, SPAN_MIN)
+    finally:
+        await client.aclose()
+        reader.close()
+
+
+def _minutes(text: str) -> int:
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    assert m, text
+    hours, minutes, _ = (int(g or 0) for g in m.groups())
+    return 60 * hours + minutes
+
+
+def fired_alerts(scrapes: Scrapes, tmp_path: Path, eval_minutes: list[int]) -> dict[int, set[str]]:
+    """{minute: names of the alerts firing then}, evaluated by promtool over the shipped rules."""
+    promtool = required_tool("promtool", "prometheus")
+    names = sorted({a.name for a in monitoring.ALERTS})
+    test = {
+        "rule_files": [str(p) for p in sorted(monitoring.RULES_DIR.glob("*.yml"))],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": scrapes.input_series(),
+                "alert_rule_test": [
+                    {"eval_time": f"{m}m", "alertname": name, "exp_alerts": []} for m in eval_minutes for name in names
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "demo_alerts_test.yml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False), encoding="utf-8")
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    fired: dict[int, set[str]] = {m: set() for m in eval_minutes}
+    for name, at in _FAILED.findall(output):
+        fired[_minutes(at)].add(name)
+    assert (result.returncode == 0) == (not any(fired.values())), output[-3000:]
+    return fired
+
+
+@pytest.mark.slow
+async def test_a_healthy_demo_fires_no_alert(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    scrapes = await _scrapes(redis_url, prefix, frozenset())
+    assert scrapes.steps == SPAN_MIN + 1
+    fired = fired_alerts(scrapes, tmp_path, list(range(SPAN_MIN + 1)))
+    assert not {m: names for m, names in fired.items() if names}, "alerts fired in a healthy demo"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("incident", sorted(INCIDENTS))
+async def test_each_incident_fires_its_alerts(incident: str, redis_url: str, prefix: str, tmp_path: Path) -> None:
+    scrapes = await _scrapes(redis_url, prefix, frozenset({incident}))
+    fired = fired_alerts(scrapes, tmp_path, [SPAN_MIN])
+    assert fired[SPAN_MIN] == INCIDENT_ALERTS[incident]
