@@ -9,7 +9,9 @@ clock - then evaluates the committed rule files (deploy/prometheus/rules/)
 over those series at every minute: 90 simulated minutes in a few seconds, long
 enough for every alert's `for` (at most 1h) to run its course.
 
-Healthy: no alert fires at any minute. With an incident (begun 12 hours before
+Healthy: no alert fires at any minute, and the headline figures (at-risk share,
+backlog per agent, SLA breach ratio, satisfaction, churn) are in the ranges of
+a real company. With an incident (begun 12 hours before
 the end, as in the demo), exactly the alerts `INCIDENT_ALERTS` names fire at
 the end. Without `promtool` on PATH this skips locally and fails under CI.
 """
@@ -29,10 +31,10 @@ import yaml
 
 from deploy import monitoring
 from stream.devtools.demo import DemoOptions
-from stream.devtools.synthetic_crm import INCIDENT_ALERTS, INCIDENT_LEAD_S, INCIDENTS, SimConfig, generate
+from stream.devtools.synthetic_crm import INCIDENT_ALERTS, INCIDENT_LEAD_S, INCIDENTS, SimConfig, agents_for, generate
 from tests.support.config import clean_settings
 from tests.support.harness import required_tool
-from tests.support.replay import Replay, Scrapes, replay_world
+from tests.support.replay import EXPORTER, Replay, Scrapes, replay_world
 
 SPAN_MIN = 90
 SEED = 20261126
@@ -95,12 +97,57 @@ def fired_alerts(scrapes: Scrapes, tmp_path: Path, eval_minutes: list[int]) -> d
     return fired
 
 
+@pytest.fixture(scope="module")
+async def healthy(redis_url: str) -> Scrapes:
+    return await _scrapes(redis_url, f"healthy{SEED}", frozenset())
+
+
 @pytest.mark.slow
-async def test_a_healthy_demo_fires_no_alert(redis_url: str, prefix: str, tmp_path: Path) -> None:
-    scrapes = await _scrapes(redis_url, prefix, frozenset())
-    assert scrapes.steps == SPAN_MIN + 1
-    fired = fired_alerts(scrapes, tmp_path, list(range(SPAN_MIN + 1)))
+async def test_a_healthy_demo_fires_no_alert(healthy: Scrapes, tmp_path: Path) -> None:
+    assert healthy.steps == SPAN_MIN + 1
+    fired = fired_alerts(healthy, tmp_path, list(range(SPAN_MIN + 1)))
     assert not {m: names for m, names in fired.items() if names}, "alerts fired in a healthy demo"
+
+
+@pytest.mark.slow
+async def test_the_healthy_demo_looks_like_a_real_crm(healthy: Scrapes) -> None:
+    """Headline figures at the end of the healthy replay, in the ranges a support or sales lead expects."""
+    now = SPAN_MIN
+
+    def value(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted({**labels, **EXPORTER}.items())))
+        return healthy.values[key][now]
+
+    def total(name: str, **labels: str) -> float:
+        wanted = set(labels.items())
+        return sum(
+            by_step.get(now, 0.0)
+            for (metric, key), by_step in healthy.values.items()
+            if metric == name and wanted <= set(key)
+        )
+
+    customers = DemoOptions().customers
+    active = value("crm_customers_active")
+    assert 0.97 * customers < active < 1.03 * customers
+    # A handful at risk: a few per thousand customers, not every one of them.
+    assert 0.0005 < value("crm_customers_at_risk") / active < 0.05
+    # Backlog per support agent: a few to a couple dozen open tickets.
+    assert 2 < total("crm_tickets_open") / agents_for(customers) < 25
+    # Tickets per customer and month (from the 7d window): a few.
+    tickets_7d = value("crm_window_events", window="7d", type="ticket.opened")
+    assert 0.8 < tickets_7d * 30 / 7 / active < 4
+    # SLA mostly met: urgent and high always, the others nearly always, yet not a perfect record.
+    for priority in ("urgent", "high"):
+        assert total("crm_first_response_sla_breach_ratio", window="7d", priority=priority) == 0
+        assert total("crm_tickets_awaiting_response_over_sla", priority=priority) == 0
+    normal = value("crm_first_response_sla_breach_ratio", window="7d", priority="normal")
+    assert 0.001 < normal < 0.05
+    assert 10 * 60 < value("crm_first_response_seconds", window="7d", quantile="0.5") < 2 * 3600
+    assert value("crm_first_response_seconds", window="7d", quantile="0.9") < 4 * 3600
+    # Satisfaction and churn of a healthy B2B company.
+    assert 0.85 < value("crm_csat_ratio", window="7d") < 0.99
+    assert 20 < value("crm_nps_score", window="7d") < 75
+    assert value("crm_customer_churn_ratio", window="7d") < 0.01
 
 
 @pytest.mark.slow
