@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(4000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(50, ge=0, le=60_000)
     commit_interval: Seconds = 1.0
+    worker_stall_timeout: Seconds = 120.0
+    """/health turns 503 when records wait and no batch was applied for this long."""
 
     # Ports
     worker_port: int = Field(6066, ge=1, le=65535)

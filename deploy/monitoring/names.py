@@ -37,7 +37,9 @@ MetricSource = Literal["kpi", "worker", "exporter"]
 KPI_METRICS = {m.name: m for m in METRICS}
 
 # Served by the exporter itself, beside the KPI gauges.
-EXPORTER_METRICS = frozenset({"crm_exporter_redis_up", "crm_exporter_scrape_seconds"})
+EXPORTER_METRICS = frozenset(
+    {"crm_exporter_redis_up", "crm_exporter_scrape_seconds", "crm_exporter_scrape_errors_total", "crm_kpi_build_info"}
+)
 
 _CRM_METRIC_NAME = re.compile(r"\bcrm_[a-z0-9_]+\b")
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.build_info import build_info
 from stream.events.windows import make_windows
 from stream.kpis import METRICS
 from stream.settings import Settings
@@ -68,7 +69,7 @@ class KpiCollector(Collector):
         self._errors = 0
         self._lock = threading.Lock()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         started = time.perf_counter()
         families = {m.name: GaugeMetricFamily(m.name, m.help, labels=list(m.all_labels)) for m in METRICS}
         up = 1
@@ -84,6 +85,12 @@ class KpiCollector(Collector):
                 families[name].add_metric(list(labels.values()), value)
         yield from families.values()
         yield GaugeMetricFamily("crm_exporter_redis_up", "1 if the last scrape read Redis.", value=up)
+        with self._lock:
+            errors = self._errors
+        yield CounterMetricFamily(
+            "crm_exporter_scrape_errors", "Scrapes whose Redis read failed since the exporter started.", value=errors
+        )
+        yield build_info()
         yield GaugeMetricFamily(
             "crm_exporter_scrape_seconds",
             "Time to read Redis and compute the KPIs.",

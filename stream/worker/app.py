@@ -2,7 +2,7 @@
 
 Faust's own Kafka consumer and producer are switched off (its per-message
 stream machinery costs ~250 µs/record); Faust keeps the worker lifecycle,
-signal handling, the web server that serves /metrics, and clean shutdown.
+signal handling, the web server that serves /metrics and /health, and clean shutdown.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ def create_app(settings: Settings) -> tuple[Any, BatchConsumer]:
     @app.page("/metrics")
     async def _metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/health")
+    async def _health(web: Any, request: Any) -> Any:
+        ok, detail = service.health()
+        return web.json(detail, status=200 if ok else 503)
 
     return app, service
 

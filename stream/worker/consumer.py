@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -83,6 +84,7 @@ class BatchConsumer(Service):
         self._store: AsyncStore | None = None
         self._inflight: tuple[asyncio.Future[dict[str, int]], list[TopicPartition]] | None = None
         self.batches = 0
+        self.last_progress = time.monotonic()  # when a batch was last applied (or the worker started)
         self._gc_ticks = 0
         super().__init__(**kwargs)
 
@@ -167,6 +169,7 @@ class BatchConsumer(Service):
             await self._resync(partitions)
             return False
         self._expected.update(applied)
+        self.last_progress = time.monotonic()
         for tp in partitions:
             field = offset_field(tp.topic, tp.partition)
             if field in applied:
@@ -196,6 +199,11 @@ class BatchConsumer(Service):
             log.warning("offset commit failed (%s); Redis offsets remain authoritative", exc)
             for tp, off in pending.items():
                 self._to_commit.setdefault(tp, off)
+        else:
+            owned = self._consumer.assignment()
+            for tp, off in pending.items():
+                if tp in owned:
+                    self.metrics.committed[(tp.topic, tp.partition)] = off
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Finish the batch in flight, then commit what was applied for these partitions."""
@@ -204,6 +212,7 @@ class BatchConsumer(Service):
             await self._commit()
             for tp in revoked:
                 self._expected.pop(offset_field(tp.topic, tp.partition), None)
+            self.metrics.released((tp.topic, tp.partition) for tp in revoked)
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Resume each new partition where Redis says it was applied up to."""
@@ -222,6 +231,18 @@ class BatchConsumer(Service):
                     self._consumer.seek(tp, stored[field])
             else:
                 self._expected[field] = -1
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy unless records wait (lag > 0) while no batch was applied for `worker_stall_timeout`.
+
+        A worker that is caught up stays healthy however long the topics are quiet;
+        one stuck behind (Redis gone, a wedged loop, a poison batch) turns unhealthy,
+        which the compose healthcheck and a Kubernetes liveness probe read on /health.
+        """
+        lag = sum(self._lag().values())
+        idle = time.monotonic() - self.last_progress
+        ok = lag == 0 or idle < self.settings.worker_stall_timeout
+        return ok, {"status": "ok" if ok else "stalled", "lag": lag, "seconds_since_progress": round(idle, 1)}
 
     def _lag(self) -> dict[tuple[str, int], int]:
         consumer = self._consumer
