@@ -71,7 +71,7 @@ def topics_create(partitions: int | None) -> None:
 @click.option("--skip-invalid", is_flag=True, help="Publish the valid lines even if some are bad.")
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
 def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
-    """Validate every line of a JSON Lines FILE, then publish the events to their topics."""
+    """Validate every line of a JSON Lines FILE as the worker will, then publish the events to their topics."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -79,7 +79,7 @@ def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
 
     settings = _settings()
     console = Console(stderr=True)
-    good, bad = read_jsonl(file)
+    good, bad = read_jsonl(file, settings)
     for line in bad[:50]:
         console.print(f"[red]line {line.number}[/red]: {line.error}")
     if len(bad) > 50:

@@ -4,7 +4,8 @@ Three forms of the same rows:
 
 * `--json`: every series as {'metric', 'labels', 'value'} (unchanged, for machines);
 * a terminal: rich tables that fit 80 columns - values formatted from each
-  metric's unit (`format_value`), ids never cut, long text wrapped;
+  metric's unit (`format_value`), ids and label values never cut into look-alike
+  stubs, long text wrapped;
 * a pipe or file: plain tab-separated lines with raw values, one per series or
   customer, header first (`kpi_tsv`, `at_risk_tsv`), for `grep`, `cut`, `awk`.
 """
@@ -15,7 +16,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rich import box
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from stream.kpis import METRICS
 from stream.kpis.registry import Unit
@@ -33,6 +36,7 @@ __all__ = [
 ]
 
 _UNITS: dict[str, Unit] = {m.name: m.unit for m in METRICS}
+METRIC_LABELS: dict[str, tuple[str, ...]] = {m.name: m.all_labels for m in METRICS}
 
 
 def unit_of(metric: str) -> Unit:
@@ -50,8 +54,15 @@ def format_duration_s(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def format_value(unit: Unit, value: float) -> str:
-    """A value as its unit reads: count 1,234 · ratio 12.5% · seconds 3h07m · amount 12,345.67 · score 41.2."""
+def format_value(unit: Unit, value: float, compact: bool = False) -> str:
+    """A value as its unit reads: count 1,234 · ratio 12.5% · seconds 3h07m · amount 12,345.67 · score 41.2.
+
+    `compact` keeps table cells within 9 characters: 1.23M, 456.7k for large amounts and counts.
+    """
+    if compact and unit in ("amount", "count") and abs(value) >= 1e6:
+        return f"{value / 1e6:,.2f}M"
+    if compact and unit == "amount" and abs(value) >= 1e5:
+        return f"{value / 1e3:,.1f}k"
     if unit == "ratio":
         return f"{100 * value:.1f}%"
     if unit == "seconds":
@@ -73,44 +84,56 @@ def kpi_rows(snap: Snapshot) -> list[dict[str, Any]]:
 
 
 def _grouped(snap: Snapshot) -> dict[str, dict[str, dict[str, float]]]:
-    """{metric: {label text: {window or 'now': value}}} in registry order."""
+    """{metric: {label values joined: {window or 'now': value}}} in registry order."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for item in kpi_rows(snap):
         labels = dict(item["labels"])
         window = labels.pop("window", "now")
-        text = ",".join(f"{k}={v}" for k, v in labels.items())
+        text = ", ".join(labels.values())
         out.setdefault(item["metric"], {}).setdefault(text, {})[window] = float(item["value"])
     return out
 
 
-def kpi_table(snap: Snapshot, title: str = "CRM KPIs") -> Table:
-    """One row per metric (its name and unit), then one per label set, one column per window.
+_LABEL_WIDTH = 28
+_VALUE_WIDTH = 9
 
-    Fits 80 columns: no vertical rules, metric names on their own row, label sets
-    wrapped rather than cut.
+
+def kpi_table(snap: Snapshot, title: str = "CRM KPIs") -> Group:
+    """Each metric as a heading (name, unit, label names), then one row per label set, a column per window.
+
+    Fits 80 columns: every block shares fixed column widths, so values line up
+    down the page; label values are shown without their names (given in the
+    heading) and wrap at word boundaries, values are compact ('12.35M').
     """
     columns = [*snap.windows, "now"]
     grouped = _grouped(snap)
     used = [c for c in columns if any(c in cells for rows in grouped.values() for cells in rows.values())]
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    table.add_column("metric · labels", overflow="fold", ratio=1)
-    for c in used:
-        table.add_column(c, justify="right", no_wrap=True)
+    parts: list[RenderableType] = [Text(title, style="bold")]
+    header = _block(used)
+    header.show_header = True
+    parts.append(header)
     for metric, rows in grouped.items():
         unit = unit_of(metric)
-        only = list(rows) == [""]
-        name = f"[bold cyan]{metric}[/] [dim]({unit})[/]"
-        if only:
-            table.add_row(name, *(_cell(unit, rows[""], c) for c in used))
-            continue
-        table.add_row(name, *("" for _ in used))
+        names = [label for label in METRIC_LABELS[metric] if label != "window"]
+        by = f" by {', '.join(names)}" if names else ""
+        parts.append(Text.assemble((metric, "bold cyan"), (f" ({unit}){by}", "dim")))
+        block = _block(used)
         for text, cells in rows.items():
-            table.add_row(f"  {text}", *(_cell(unit, cells, c) for c in used))
+            block.add_row(f"  {text}" if text else "", *(_cell(unit, cells, c) for c in used))
+        parts.append(block)
+    return Group(*parts)
+
+
+def _block(columns: Sequence[str]) -> Table:
+    table = Table(box=None, show_header=False, padding=(0, 0, 0, 1), pad_edge=False, expand=False)
+    table.add_column("labels", width=_LABEL_WIDTH, overflow="fold")
+    for c in columns:
+        table.add_column(c, justify="right", width=_VALUE_WIDTH, no_wrap=True)
     return table
 
 
 def _cell(unit: Unit, cells: dict[str, float], column: str) -> str:
-    return format_value(unit, cells[column]) if column in cells else ""
+    return format_value(unit, cells[column], compact=True) if column in cells else ""
 
 
 def kpi_tsv(snap: Snapshot) -> Iterator[str]:

@@ -48,7 +48,7 @@ SEGMENTS: Final = ("smb", "mid", "enterprise")
 SEGMENT_SHARE: Final = (0.70, 0.24, 0.06)
 # Per active customer and month, by segment (smb, mid, enterprise).
 PER_CUSTOMER_MONTHLY: Final[dict[str, tuple[float, float, float]]] = {
-    "ticket": (1.0, 2.5, 5.0),
+    "ticket": (1.0, 2.0, 4.0),
     "order": (0.3, 0.8, 2.0),  # re-orders (consumables, seats, services)
     "quote": (0.04, 0.15, 0.4),  # upsell quotes without a deal
     "deal": (0.04, 0.12, 0.35),  # expansion deals
@@ -83,7 +83,7 @@ TRIAGE_ALWAYS: Final = frozenset({"urgent", "high"})
 TRIAGE_SAVES: Final = 0.65
 TRIAGE_MISS_S: Final = 10 * MIN
 CATEGORIES: Final = ("question", "problem", "complaint", "cancellation", "other")
-CATEGORY_WEIGHTS: Final = (47, 31, 9, 3, 10)
+CATEGORY_WEIGHTS: Final = (49, 32, 7, 2, 10)
 CATEGORY_WEIGHTS_CHURN: Final = (35, 28, 20, 12, 5)
 RESOLVE_MEDIAN_H: Final = {"question": 1.5, "problem": 8.0, "complaint": 20.0, "cancellation": 6.0, "other": 3.0}
 CHANNELS: Final = ("email", "chat", "phone", "web", "social")
