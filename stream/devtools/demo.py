@@ -98,6 +98,16 @@ class _State:
     reason: str = "duration"
 
 
+class _DemoConsole(Console):
+    """rich's console, except that a closed output stops the demo in order rather than exiting."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError):  # no second EPIPE when Python flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())
+        raise _OutputGone
+
+
 class _Out:
     """The console, turned silent once its reader has gone (EPIPE), so shutdown still runs."""
 
@@ -113,10 +123,9 @@ class _Out:
         try:
             self.console.print(*objects)
             self.console.file.flush()
-        except (BrokenPipeError, ValueError):  # ValueError: the file was closed under us
+        except (_OutputGone, BrokenPipeError, ValueError):  # ValueError: the file was closed under us
             self.gone = True
-            with contextlib.suppress(OSError):  # no second EPIPE when Python flushes at exit
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self.console.file.fileno())
+            self.console.quiet = True
             if strict:
                 raise _OutputGone from None
 
@@ -223,7 +232,7 @@ async def _live_view(settings: Settings, opts: DemoOptions, state: _State, out: 
                     table = (kpi_table if opts.full_table else headline_table)(snap) if snap is not None else Text("")
                     try:
                         live.update(Group(Text(state.info["banner"]), Text(status, style="bold"), table), refresh=True)
-                    except BrokenPipeError:
+                    except (_OutputGone, BrokenPipeError):
                         out.gone = True
                         raise _OutputGone from None
                 else:
@@ -324,7 +333,7 @@ def _start(opts: DemoOptions, state: _State, workdir: Path, out: _Out) -> Settin
 def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     """Run the demo until `duration_s`, a stop signal or a closed output; return the exit code."""
     if console is None:
-        console = Console(soft_wrap=True)
+        console = _DemoConsole(soft_wrap=True)
     out = _Out(console)
     state = _State()
     workdir = Path(tempfile.mkdtemp(prefix="crm-kpi-demo-"))

@@ -366,3 +366,40 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
     assert report["exit_codes"]["worker"] == 0, output  # the worker shut down on its SIGTERM, not killed
     assert "stopped (interrupted)" in output
     _assert_all_gone(demo, pids, report["ports"])
+
+
+@pytest.mark.slow
+def test_a_closed_output_stops_the_demo_and_removes_its_folder() -> None:
+    """`crm-kpi demo | head`: once the reader leaves, the demo stops everything and cleans up."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "demo", "--history", "10m", "--customers", "1000", "--refresh", "0.5"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    try:
+        workdir: Path | None = None
+        pids: dict[str, int] = {}
+        for line in proc.stdout:
+            if line.startswith("logs"):
+                workdir = Path(line.split()[1])
+            elif line.startswith("pids "):
+                pids = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+            elif line.startswith("ready"):
+                break
+        assert workdir is not None and workdir.is_dir() and pids
+        proc.stdout.close()  # the reader goes away, as `head` does
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not workdir.exists(), f"{workdir} left behind"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    assert not [name for name, pid in pids.items() if _alive(pid)]
