@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from stream.events.decode import REASONS as REASON_CHOICES
 from stream.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
@@ -145,6 +146,103 @@ def at_risk(top: int | None, as_json: bool) -> None:
         click.echo("\n".join(at_risk_tsv(rows)))
     else:
         Console().print(at_risk_table(rows))
+
+
+# --- dead letters ---------------------------------------------------------------
+
+
+def _dead_letter_filters(f: Any) -> Any:
+    f = click.option("--limit", type=int, default=None, help="Only the latest N matching records.")(f)
+    f = click.option(
+        "--since", default=None, help="Only records dead-lettered since: a duration ago (2h, 7d) or RFC 3339."
+    )(f)
+    f = click.option("--topic", "topics", multiple=True, help="Only records from this source topic (repeatable).")(f)
+    f = click.option("--reason", "reasons", multiple=True, type=click.Choice(REASON_CHOICES),
+                     help="Only records dead-lettered for this reason (repeatable).")(f)
+    return f
+
+
+def _since_ms(since: str | None) -> int | None:
+    import time
+
+    from stream.devtools.simulate import parse_start
+    from stream.settings import parse_duration
+
+    if since is None:
+        return None
+    try:
+        return int((time.time() - parse_duration(since)) * 1000)
+    except ValueError:
+        pass
+    try:
+        return int(parse_start(since).timestamp() * 1000)
+    except ValueError:
+        hint = f"{since!r}: use a duration (2h, 7d) or an RFC 3339 time"
+        raise click.BadParameter(hint, param_hint="--since") from None
+
+
+@cli.group("dead-letter")
+def dead_letter() -> None:
+    """Inspect the dead-letter topic and send records back to their source topic."""
+
+
+@dead_letter.command("list")
+@_dead_letter_filters
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one object per record).")
+def dead_letter_list(
+    reasons: tuple[str, ...], topics: tuple[str, ...], since: str | None, limit: int | None, as_json: bool
+) -> None:
+    """List dead letters: time, reason, source topic/partition/offset, detail; tab-separated when piped."""
+    from rich.console import Console
+
+    from stream.cli.tables import dead_letter_table, dead_letter_tsv
+    from stream.kafka.dead_letter_topic import read_dead_letters
+
+    settings = _settings()
+    letters = asyncio.run(
+        read_dead_letters(settings, since_ms=_since_ms(since), reasons=reasons, source_topics=topics, limit=limit)
+    )
+    if as_json:
+        click.echo(json.dumps([d.as_json() for d in letters], indent=2))
+    elif _plain_output():
+        click.echo("\n".join(dead_letter_tsv(letters)))
+    else:
+        Console().print(dead_letter_table(letters, settings.dead_letter_topic))
+
+
+@dead_letter.command("replay")
+@_dead_letter_filters
+@click.option("--all", "everything", is_flag=True,
+              help="Send every matching record, also those the worker would still reject.")
+@click.option("--dry-run", is_flag=True, help="Say what would be sent; send nothing.")
+def dead_letter_replay(
+    reasons: tuple[str, ...], topics: tuple[str, ...], since: str | None, limit: int | None, everything: bool,
+    dry_run: bool,
+) -> None:
+    """Re-publish dead letters to their source topic: by default those the worker would accept now (fixed).
+
+    A record is fixed when the current settings and clock accept it: a relaxed limit, a
+    future_timestamp whose time has come. Replays of the same event within the dedupe
+    horizon are counted once.
+    """
+    from stream.kafka.dead_letter_topic import plan_replay, read_dead_letters, replay
+
+    settings = _settings()
+    letters = asyncio.run(
+        read_dead_letters(settings, since_ms=_since_ms(since), reasons=reasons, source_topics=topics, limit=limit)
+    )
+    plan = plan_replay(settings, letters, everything)
+    verb = "would send" if dry_run else "sending"
+    for letter in plan.send:
+        click.echo(f"{verb} {settings.dead_letter_topic}:{letter.partition}:{letter.offset} -> {letter.source_topic}"
+                   f" ({letter.reason})")
+    for letter, why in plan.keep:
+        click.echo(f"keeping {settings.dead_letter_topic}:{letter.partition}:{letter.offset}: still {why.reason}"
+                   f" ({why.detail})")
+    sent = 0 if dry_run else asyncio.run(replay(settings, plan.send))
+    summary = f"{len(plan.send)} to replay" if dry_run else f"replayed {sent}"
+    click.echo(f"{summary}, kept {len(plan.keep)} of {len(letters)} dead letter(s)"
+               + ("" if everything or not plan.keep else "; --all sends those too"), err=True)
 
 
 @cli.group()

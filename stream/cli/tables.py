@@ -27,6 +27,8 @@ from stream.store import Snapshot
 __all__ = [
     "at_risk_table",
     "at_risk_tsv",
+    "dead_letter_table",
+    "dead_letter_tsv",
     "format_duration_s",
     "format_value",
     "kpi_rows",
@@ -173,3 +175,31 @@ def at_risk_tsv(rows: Sequence[dict[str, Any]]) -> Iterator[str]:
     for row in rows:
         reasons = ";".join(f"{r['reason']}:{r['count']}:{r['points']}" for r in row["reasons"])
         yield f"{row['customer_id']}\t{row['points']}\t{row['at_risk_until']}\t{reasons}"
+
+
+def _when(timestamp_ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def dead_letter_table(letters: Sequence[Any], topic: str) -> Table:
+    """Dead letters for people: time (UTC), reason, source topic:partition@offset, detail wrapped; fits 80 columns."""
+    table = Table(title=f"{topic} ({len(letters)})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("dead-lettered (UTC)", no_wrap=True)
+    table.add_column("reason", no_wrap=True, style="yellow")
+    table.add_column("source", overflow="fold")
+    table.add_column("detail", overflow="fold", ratio=1)
+    for d in letters:
+        source = f"{d.source_topic}:{d.source_partition}@{d.source_offset}"
+        table.add_row(_when(d.timestamp_ms), d.reason, source, d.detail)
+    return table
+
+
+def dead_letter_tsv(letters: Sequence[Any]) -> Iterator[str]:
+    """Tab-separated lines: time (UTC, ISO), reason, source topic, partition, offset, detail; header first."""
+    yield "time\treason\tsource_topic\tsource_partition\tsource_offset\tdetail"
+    for d in letters:
+        detail = d.detail.replace("\t", " ").replace("\n", " ")
+        when = _when(d.timestamp_ms).replace(" ", "T") + "Z"
+        yield f"{when}\t{d.reason}\t{d.source_topic}\t{d.source_partition}\t{d.source_offset}\t{detail}"
