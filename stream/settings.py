@@ -153,6 +153,7 @@ class Settings(BaseSettings):
     worker_port: int = Field(6066, ge=1, le=65535)
     worker_host: str = "0.0.0.0"
     exporter_port: int = Field(9464, ge=1, le=65535)
+    lag_exporter_port: int = Field(9308, ge=1, le=65535)
     exporter_host: str = "0.0.0.0"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -51,6 +51,20 @@ def exporter(port: int | None) -> None:
     run_exporter(settings)
 
 
+@cli.command("lag-exporter")
+@click.option("--port", type=int, default=None, help="Overrides CRM_KPI_LAG_EXPORTER_PORT.")
+def lag_exporter(port: int | None) -> None:
+    """Serve the workers' consumer-group lag read from the broker on /metrics (CRM_KPI_LAG_EXPORTER_PORT, 9308)."""
+    import logging
+
+    from stream.kafka.lag_exporter import run_lag_exporter
+
+    settings = _settings(lag_exporter_port=port)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # one warning line per failed scrape is ours
+    run_lag_exporter(settings)
+
+
 @cli.group()
 def topics() -> None:
     """Manage the Kafka topics."""

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.events.decode import Rejection, decode
+from stream.kafka.topics import partitions_of
 from stream.settings import Settings
 
 __all__ = ["DeadLetter", "ReplayPlan", "plan_replay", "read_dead_letters", "replay"]
@@ -82,14 +84,19 @@ async def read_dead_letters(
 ) -> list[DeadLetter]:
     """Dead letters in (timestamp, partition, offset) order, filtered; at most `limit` (the latest ones)."""
     topic = settings.dead_letter_topic
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        known = await partitions_of(admin, [topic])
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(topic, p) for p in known.get(topic, [])]
+    if not partitions:
+        return []
     consumer = AIOKafkaConsumer(**settings.kafka_client_options(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     out: list[DeadLetter] = []
     try:
-        await consumer.topics()  # metadata
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
-            return []
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         if since_ms is None:

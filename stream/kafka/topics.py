@@ -7,7 +7,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from stream.settings import Settings
 
-__all__ = ["create_topics"]
+__all__ = ["create_topics", "partitions_of"]
 
 
 async def create_topics(settings: Settings) -> list[str]:
@@ -32,3 +32,16 @@ async def create_topics(settings: Settings) -> list[str]:
         return created
     finally:
         await admin.close()
+
+
+async def partitions_of(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, list[int]]:
+    """{topic: its partition ids} from the brokers' metadata; topics that do not exist are left out.
+
+    (A consumer's own `partitions_for_topic` only knows topics it subscribed to or
+    fetched before; this asks the brokers.)
+    """
+    out: dict[str, list[int]] = {}
+    for topic in await admin.describe_topics(topics):
+        if topic.get("error_code", 0) == 0 and topic.get("partitions"):
+            out[topic["topic"]] = sorted(p["partition"] for p in topic["partitions"])
+    return out

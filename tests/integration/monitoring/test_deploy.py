@@ -22,7 +22,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 RULES = ROOT / "deploy" / "prometheus" / "rules"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-CRM_KPI_SERVICES = ("topics", "worker", "exporter")
+CRM_KPI_SERVICES = ("topics", "worker", "exporter", "lag-exporter")
 
 
 def _load(path: Path) -> Any:
@@ -105,6 +105,30 @@ def test_crm_kpi_services_share_the_environment(compose: dict[str, Any]) -> None
     assert compose["services"]["topics"]["command"] == ["topics", "create"]
     deps = compose["services"]["worker"]["depends_on"]
     assert deps["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_worker_health_is_progress_not_just_an_open_port(compose: dict[str, Any]) -> None:
+    probe = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
+    assert "/health" in probe and "/metrics" not in probe
+
+
+def test_grafana_admin_password_comes_from_a_secret(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    env = grafana["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env, "no password in the environment, no admin/admin fallback"
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert grafana["secrets"] == ["grafana_admin_password"]
+    source = compose["secrets"]["grafana_admin_password"]["file"]
+    assert source.lstrip("./") in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def test_lag_exporter_is_scraped_under_the_job_the_rules_expect(compose: dict[str, Any]) -> None:
+    from deploy.monitoring import DEFAULT_DEPLOYMENT, LAG_EXPORTER_JOB
+
+    assert compose["services"]["lag-exporter"]["command"] == ["lag-exporter"]
+    jobs = {job["job_name"]: job for job in _load(PROMETHEUS)["scrape_configs"]}
+    assert jobs[LAG_EXPORTER_JOB]["static_configs"][0]["targets"] == ["lag-exporter:9308"]
+    assert DEFAULT_DEPLOYMENT.lag_exporter_selector == f'job="{LAG_EXPORTER_JOB}"'
 
 
 # --- Prometheus -------------------------------------------------------------
