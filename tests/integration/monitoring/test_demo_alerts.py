@@ -156,3 +156,92 @@ async def test_each_incident_fires_its_alerts(incident: str, redis_url: str, pre
     scrapes = await _scrapes(redis_url, prefix, frozenset({incident}))
     fired = fired_alerts(scrapes, tmp_path, [SPAN_MIN])
     assert fired[SPAN_MIN] == INCIDENT_ALERTS[incident]
+
+
+@pytest.mark.slow
+async def test_a_real_demo_under_a_real_prometheus_stays_quiet(tmp_path: Path) -> None:
+    """`crm-kpi demo` as a user runs it (default world), scraped by a real Prometheus with the shipped
+    rules: once the backfill is applied, no alert is pending or firing for a minute of live demo."""
+    import asyncio
+    import json
+    import os
+    import signal
+
+    from stream.devtools.servers import free_port
+    from tests.integration.monitoring.test_prometheus import Prometheus
+    from tests.support.harness import scrape, wait_for
+
+    binary = required_tool("prometheus", "prometheus")
+    worker_port, exporter_port = free_port(), free_port()
+    demo = _start_demo(
+        ["--seed", str(SEED), "--refresh", "5", "--worker-port", str(worker_port), "--exporter-port", str(exporter_port)],
+        tmp_path / "demo.log",
+    )
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(p) for p in sorted(monitoring.RULES_DIR.glob("*.yml"))],
+        "scrape_configs": [
+            {"job_name": monitoring.WORKER_JOB, "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
+            {"job_name": monitoring.EXPORTER_JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    prometheus = Prometheus(binary, tmp_path / "prometheus.yml", tmp_path / "tsdb", tmp_path / "prometheus.log")
+    exporter = f"http://127.0.0.1:{exporter_port}/metrics"
+    try:
+        await wait_for(prometheus.ready, 60, "prometheus to be ready")
+
+        async def backfilled() -> bool:
+            assert demo.poll() is None, (tmp_path / "demo.log").read_text()
+            try:
+                samples = scrape(exporter)
+            except OSError:
+                return False
+            active = samples.get(("crm_customers_active", ()), 0)
+            tickets = samples.get(("crm_window_events", (("type", "ticket.opened"), ("window", "7d"))), 0)
+            return active > 0.97 * DemoOptions().customers and tickets > 3000
+
+        await wait_for(backfilled, 240, "the demo's backfill to be applied")
+        await asyncio.sleep(20)  # rates over a few scrapes; the live demo goes on
+
+        async def alerts() -> list[dict[str, str]]:
+            status, body = await prometheus.get("/api/v1/alerts")
+            assert status == 200, body
+            return [a["labels"] | {"state": a["state"]} for a in body["data"]["alerts"]]
+
+        for _ in range(12):  # a minute of live demo, checked every 5 s
+            active = await alerts()
+            assert not active, json.dumps(active, indent=1)
+            await asyncio.sleep(5)
+        _, body = await prometheus.get("/api/v1/rules")
+        rules = [r for g in body["data"]["groups"] for r in g["rules"]]
+        assert {r["name"] for r in rules} == {a.name for a in monitoring.ALERTS}
+        assert all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]
+    finally:
+        prometheus.stop()
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGINT)
+            try:
+                demo.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(demo.pid, signal.SIGKILL)
+                demo.wait()
+
+
+def _start_demo(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """`crm-kpi demo` in its own process group (as a terminal job), with no CRM_KPI_* from this shell."""
+    import os
+    import sys
+
+    from tests.support.harness import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_KPI_")}
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream", "demo", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
