@@ -174,7 +174,16 @@ async def test_a_real_demo_under_a_real_prometheus_stays_quiet(tmp_path: Path) -
     binary = required_tool("prometheus", "prometheus")
     worker_port, exporter_port = free_port(), free_port()
     demo = _start_demo(
-        ["--seed", str(SEED), "--refresh", "5", "--worker-port", str(worker_port), "--exporter-port", str(exporter_port)],
+        [
+            "--seed",
+            str(SEED),
+            "--refresh",
+            "5",
+            "--worker-port",
+            str(worker_port),
+            "--exporter-port",
+            str(exporter_port),
+        ],
         tmp_path / "demo.log",
     )
     config = {
