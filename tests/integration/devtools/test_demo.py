@@ -291,6 +291,28 @@ class Demo:
             self.proc.wait()
 
 
+def _listening_on(port: int) -> set[str]:
+    """The addresses a TCP port listens on, from /proc/net/tcp and tcp6 ('127.0.0.1', '0.0.0.0', '::'...)."""
+    import ipaddress
+
+    found: set[str] = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            ordered = b"".join(raw[i : i + 4][::-1] for i in range(0, width // 2, 4))
+            found.add(str(ipaddress.ip_address(ordered)))
+    return found
+
+
 def _window_events(url: str) -> float:
     try:
         samples = scrape(url)
@@ -317,7 +339,11 @@ def test_demo_runs_for_its_duration_with_changing_kpis_and_leaves_nothing(tmp_pa
     try:
         pids = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", demo.find(r"^pids ").string)}
         exporter = demo.find(r"^KPI gauges\s+(http://\S+)").group(1)
+        worker_url = demo.find(r"^worker metrics\s+(http://\S+)").group(1)
         demo.find(r"^ready")
+        # The worker and the exporter serve on loopback only.
+        for url in (exporter, worker_url):
+            assert _listening_on(int(url.rsplit(":", 1)[1].split("/")[0])) == {"127.0.0.1"}, url
         scraped: list[float] = []
         while demo.proc.poll() is None:
             demo.watch()
