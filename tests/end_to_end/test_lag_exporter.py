@@ -147,7 +147,11 @@ async def test_a_broker_that_goes_away_is_reported_not_hidden(
     await create_topics(settings_of(env))
     exporter, url = await _lag_exporter(env, tmp_path)
     try:
-        assert scrape(url)[("crm_kafka_broker_up", ())] == 1
+
+        async def reads_the_broker() -> bool:  # a fresh broker's group coordinator takes a moment
+            return scrape(url)[("crm_kafka_broker_up", ())] == 1
+
+        await wait_for(reads_the_broker, 30, "the lag exporter to read the broker")
         broker.kill()
         samples = scrape(url)
         assert samples[("crm_kafka_broker_up", ())] == 0
