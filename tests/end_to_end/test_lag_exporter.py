@@ -58,14 +58,13 @@ async def _lag_exporter(env: dict[str, str], tmp_path: Path) -> tuple[WorkerProc
     proc = WorkerProcess(env, "lag-exporter", tmp_path / "lag-exporter.log").start()
     url = f"http://127.0.0.1:{env['CRM_KPI_LAG_EXPORTER_PORT']}/metrics"
 
-    async def up() -> bool:
+    async def reads_the_broker() -> bool:  # a fresh broker's group coordinator takes a moment
         try:
-            scrape(url)
-            return True
+            return scrape(url)[("crm_kafka_broker_up", ())] == 1
         except OSError:
             return False
 
-    await wait_for(up, 30, "the lag exporter")
+    await wait_for(reads_the_broker, 60, "the lag exporter to serve and read the broker")
     return proc, url
 
 
@@ -147,11 +146,6 @@ async def test_a_broker_that_goes_away_is_reported_not_hidden(
     await create_topics(settings_of(env))
     exporter, url = await _lag_exporter(env, tmp_path)
     try:
-
-        async def reads_the_broker() -> bool:  # a fresh broker's group coordinator takes a moment
-            return scrape(url)[("crm_kafka_broker_up", ())] == 1
-
-        await wait_for(reads_the_broker, 30, "the lag exporter to read the broker")
         broker.kill()
         samples = scrape(url)
         assert samples[("crm_kafka_broker_up", ())] == 0
