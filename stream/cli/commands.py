@@ -295,7 +295,7 @@ _RATE_HELP = (
 
 @cli.command()
 @click.option("--rate", type=float, default=None, help=_RATE_HELP)
-@click.option("--customers", type=int, default=500, show_default=True, help="Customers at the start.")
+@click.option("--customers", type=int, default=20_000, show_default=True, help="Customers at the start.")
 @click.option("--duration", default=None, help="Stop after this much event time (90s, 15m, 2h, 7d).")
 @click.option("--events", type=int, default=None, help="Stop after this many events.")
 @click.option("--seed", type=int, default=None,

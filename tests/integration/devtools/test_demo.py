@@ -97,7 +97,7 @@ def events_of(records: dict[tuple[str, int], list[Record]]) -> list[dict[str, An
 
 
 async def test_same_seed_and_start_publish_the_same_events(kafka_bootstrap: str, prefix: str) -> None:
-    args = ("--seed", "7", "--events", "10000", "--start", "2026-01-05T09:00:00Z")
+    args = ("--seed", "7", "--customers", "500", "--events", "10000", "--start", "2026-01-05T09:00:00Z")
     first = await simulate_into(kafka_bootstrap, f"{prefix}a.", *args)
     second = await simulate_into(kafka_bootstrap, f"{prefix}b.", *args)
     assert sum(len(r) for r in first.values()) == 10000
@@ -105,7 +105,7 @@ async def test_same_seed_and_start_publish_the_same_events(kafka_bootstrap: str,
     assert {k: [(key, value) for key, value, _ in v] for k, v in first.items()} == {
         k: [(key, value) for key, value, _ in v] for k, v in second.items()
     }
-    other = await simulate_into(kafka_bootstrap, f"{prefix}c.", "--seed", "8", *args[2:])
+    other = await simulate_into(kafka_bootstrap, f"{prefix}c.", "--seed", "8", *args[2:])  # same size, other seed
     assert {e["event_id"] for e in events_of(other)}.isdisjoint(e["event_id"] for e in events_of(first))
 
 
@@ -167,6 +167,8 @@ async def test_live_events_are_never_published_before_their_time(kafka_bootstrap
         f"{prefix}.",
         "--seed",
         "5",
+        "--customers",
+        "500",
         "--rate",
         "40",
         "--duration",
