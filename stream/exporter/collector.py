@@ -23,7 +23,7 @@ from stream.build_info import build_info
 from stream.events.windows import make_windows
 from stream.kpis import METRICS
 from stream.settings import Settings
-from stream.store import Keys, Snapshot, read_snapshot
+from stream.store import Keys, ReadCache, Snapshot, read_snapshot
 
 __all__ = ["KpiCollector", "kpi_samples", "run_exporter", "sync_redis"]
 
@@ -36,8 +36,10 @@ def sync_redis(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, password=password, socket_timeout=5, socket_connect_timeout=3)
 
 
-def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) -> Snapshot:
-    """Read the current figures from Redis."""
+def snapshot(
+    client: redis.Redis, settings: Settings, now: float | None = None, cache: ReadCache | None = None
+) -> Snapshot:
+    """Read the current figures from Redis (`cache`: keep window sums between reads, see `ReadCache`)."""
     return read_snapshot(
         client,
         Keys(settings.redis_key_prefix),
@@ -45,6 +47,7 @@ def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) 
         settings.kpi_config(),
         time.time() if now is None else now,
         settings.max_future_skew,
+        cache,
     )
 
 
@@ -68,13 +71,14 @@ class KpiCollector(Collector):
         self.settings = settings
         self._errors = 0
         self._lock = threading.Lock()
+        self._cache = ReadCache()  # window sums kept between scrapes: a scrape reads what changed
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         started = time.perf_counter()
         families = {m.name: GaugeMetricFamily(m.name, m.help, labels=list(m.all_labels)) for m in METRICS}
         up = 1
         try:
-            snap = snapshot(self.client, self.settings)
+            snap = snapshot(self.client, self.settings, cache=self._cache)
         except redis.RedisError as exc:
             log.warning("scrape: Redis read failed: %s", exc)
             with self._lock:
