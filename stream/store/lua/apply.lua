@@ -74,9 +74,12 @@ for _, e in ipairs(delta.entities) do
   end
 end
 
+-- Each bucket written gets this batch's token (a field), so readers can tell it changed.
+local token = delta.token
 for _, b in ipairs(delta.buckets) do
   -- b = {key, expire_at, {field = increment}}
   for name, by in pairs(b[3]) do redis.call('HINCRBY', b[1], name, int(by)) end
+  if token then redis.call('HSET', b[1], token[1], token[2]) end
   redis.call('EXPIREAT', b[1], int(b[2]))
 end
 

@@ -1,45 +1,62 @@
--- Read every window's summed counters and the current state in one call.
--- ARGV: n_windows, then per window (bucket key prefix, distinct key prefix, first bucket,
---       last bucket); the distinct and repeated answer codes; n_distinct, distinct names;
+-- Read what changed in every window since the caller's last read, and the current state, in one call.
+-- ARGV: the bucket token field; n_windows, then per window (bucket key prefix, distinct key prefix,
+--       first bucket, last bucket, n_cached, then n_cached (bucket, token) the caller holds);
+--       the distinct and repeated answer codes; n_distinct, distinct names;
 --       current hash key; n_zsets, then per zset (key, score threshold).
--- Returns {window sums..., current hash, zset stats...}; sums as flat field/value lists,
--- each ending with '<distinct code>|<name>' (distinct members) and '<repeated code>|<name>'
--- (members counted >= 2); the codes come from stream/kpis/registry.py (DistinctCount).
+-- Returns {per window {fetched, gone, distinct}..., current hash, zset stats...}:
+--   fetched: flat {bucket, token, {field, value, ...}, ...} for every bucket in [first, last]
+--            whose token differs from the caller's (all of them for a caller holding none;
+--            token '' for a bucket written before tokens existed: always fetched);
+--   gone:    buckets the caller holds that no longer exist;
+--   distinct: {'<distinct code>|<name>', members, '<repeated code>|<name>', members >= 2, ...},
+--            the codes come from stream/kpis/registry.py (DistinctCount).
+-- Summing is the caller's (stream/store/reader.py): it keeps each window's sums and applies
+-- only the buckets that changed, so a scrape costs what changed, not the whole window.
 local argv, i = ARGV, 0
 local function nxt() i = i + 1; return argv[i] end
 local function num() i = i + 1; return tonumber(argv[i]) end
 
-local out = {}
+local token_field = nxt()
 local n_windows = num()
 local specs = {}
 for w = 1, n_windows do
   local prefix, dprefix = nxt(), nxt()
   local first, last = num(), num()
-  specs[w] = {prefix, dprefix, first, last}
+  local held = {}
+  for _ = 1, num() do
+    local k = nxt()
+    held[k] = nxt()
+  end
+  specs[w] = {prefix, dprefix, first, last, held}
 end
 local distinct_code, repeated_code = nxt(), nxt()
-local n_names = num()
 local names = {}
-for j = 1, n_names do names[j] = nxt() end
+for j = 1, num() do names[j] = nxt() end
+
+local out = {}
 for w = 1, n_windows do
-  local prefix, dprefix, first, last = specs[w][1], specs[w][2], specs[w][3], specs[w][4]
-  local sums, order = {}, {}
+  local prefix, dprefix, first, last, held = specs[w][1], specs[w][2], specs[w][3], specs[w][4], specs[w][5]
+  local fetched, gone = {}, {}
   for k = first, last do
-    local flat = redis.call('HGETALL', prefix .. k)
-    for j = 1, #flat, 2 do
-      local f = flat[j]
-      local v = tonumber(flat[j + 1])
-      if sums[f] == nil then sums[f] = v; order[#order + 1] = f else sums[f] = sums[f] + v end
+    local key = prefix .. k
+    local ks = tostring(k)
+    local token = redis.call('HGET', key, token_field)
+    if not token then
+      if redis.call('EXISTS', key) == 1 then token = '' end
+    end
+    if token then
+      if token == '' or held[ks] ~= token then
+        fetched[#fetched + 1] = ks
+        fetched[#fetched + 1] = token
+        fetched[#fetched + 1] = redis.call('HGETALL', key)
+      end
+    elseif held[ks] then
+      gone[#gone + 1] = ks
     end
   end
-  local flat = {}
-  for _, f in ipairs(order) do
-    flat[#flat + 1] = f
-    -- Integer sums beyond 2^53 lose nothing that a float64 gauge would keep.
-    flat[#flat + 1] = string.format('%.17g', sums[f])
-  end
+  local distinct = {}
   for _, name in ipairs(names) do
-    local counts, distinct, repeated = {}, 0, 0
+    local counts, n_distinct, n_repeated = {}, 0, 0
     for k = first, last do
       local members = redis.call('HGETALL', dprefix .. k .. ':' .. name)
       for j = 1, #members, 2 do
@@ -48,13 +65,13 @@ for w = 1, n_windows do
       end
     end
     for _, c in pairs(counts) do
-      if c >= 1 then distinct = distinct + 1 end
-      if c >= 2 then repeated = repeated + 1 end
+      if c >= 1 then n_distinct = n_distinct + 1 end
+      if c >= 2 then n_repeated = n_repeated + 1 end
     end
-    flat[#flat + 1] = distinct_code .. '|' .. name; flat[#flat + 1] = tostring(distinct)
-    flat[#flat + 1] = repeated_code .. '|' .. name; flat[#flat + 1] = tostring(repeated)
+    distinct[#distinct + 1] = distinct_code .. '|' .. name; distinct[#distinct + 1] = n_distinct
+    distinct[#distinct + 1] = repeated_code .. '|' .. name; distinct[#distinct + 1] = n_repeated
   end
-  out[#out + 1] = flat
+  out[#out + 1] = {fetched, gone, distinct}
 end
 
 out[#out + 1] = redis.call('HGETALL', nxt())

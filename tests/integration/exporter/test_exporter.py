@@ -78,9 +78,9 @@ def _commands_during(server: EmbeddedServer, action: Any) -> list[dict[str, Any]
 
 
 def test_one_lua_read_per_scrape(own_redis: EmbeddedServer, exporter: str) -> None:
-    scrape(exporter)  # the first scrape may load the script (EVALSHA, SCRIPT LOAD, EVALSHA)
+    scrape(exporter)  # the first scrape may load the script (EVALSHA_RO, SCRIPT LOAD, EVALSHA_RO)
     commands = _commands_during(own_redis, lambda: scrape(exporter))
-    assert [c["command"].split()[0].upper() for c in commands] == ["EVALSHA"], commands
+    assert [c["command"].split()[0].upper() for c in commands] == ["EVALSHA_RO"], commands
 
 
 def test_a_redis_outage_is_served_as_redis_up_0_and_no_kpis(own_redis: EmbeddedServer, exporter: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from deploy import monitoring
+from stream.devtools.processes import stop
 from stream.devtools.servers import free_port
 from stream.kafka.topics import create_topics
 from stream.kpis import METRICS
@@ -119,13 +120,7 @@ class Prometheus:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, 30)
         self._log.close()
 
     def _get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
