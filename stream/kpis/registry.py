@@ -113,7 +113,7 @@ class DistinctCount:
 
     name: str
 
-    DISTINCT_CODE = "dn"  # the read's answer fields; read.lua receives both codes as arguments
+    DISTINCT_CODE = "dn"  # the totals fields the reader adds for each name (stream/store/reader.py)
     REPEATED_CODE = "d2"
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -17,7 +17,6 @@ import redis
 from stream.events.windows import Window
 from stream.kpis import DISTINCT_COUNTS, Current, KpiConfig, Totals, ZStat, churn_risk, sorted_set_queries
 from stream.kpis.customers import AT_RISK, RISK, RiskState
-from stream.kpis.registry import DistinctCount
 from stream.store.keys import BUCKET_TOKEN_FIELD, Keys
 from stream.store.writer import as_text, lua_script
 
@@ -35,44 +34,104 @@ class Snapshot:
 _read_script: dict[int, Any] = {}
 
 
-@dataclass
-class _WindowSums:
-    """One window as a reader last saw it: each bucket's token and fields, and their sums."""
+class _Held:
+    """The hashes of one kind (a window's buckets, or one distinct count's) a reader holds, by bucket."""
 
-    buckets: dict[int, tuple[str, dict[str, int]]] = field(default_factory=dict)
-    sums: dict[str, int] = field(default_factory=dict)
-    present: dict[str, int] = field(default_factory=dict)  # field -> buckets holding it
+    def __init__(self) -> None:
+        self.hashes: dict[int, tuple[str, dict[str, int]]] = {}
 
-    def drop(self, bucket: int) -> None:
-        _, fields = self.buckets.pop(bucket)
-        for name, value in fields.items():
-            left = self.present[name] - 1
-            if left:
-                self.present[name] = left
-                self.sums[name] -= value
-            else:
-                del self.present[name], self.sums[name]
+    def _apply(self, fields: dict[str, int], sign: int) -> None:
+        raise NotImplementedError
 
     def add(self, bucket: int, token: str, fields: dict[str, int]) -> None:
-        self.buckets[bucket] = (token, fields)
+        if bucket in self.hashes:
+            self.drop(bucket)
+        self.hashes[bucket] = (token, fields)
+        self._apply(fields, 1)
+
+    def drop(self, bucket: int) -> None:
+        _, fields = self.hashes.pop(bucket)
+        self._apply(fields, -1)
+
+    def keep(self, first: int, last: int) -> None:
+        """Forget the buckets that slid out of [first, last]."""
+        for bucket in [b for b in self.hashes if not first <= b <= last]:
+            self.drop(bucket)
+
+    def held(self) -> list[Any]:
+        """n, then the (bucket, token) pairs: what read.lua compares with Redis."""
+        out: list[Any] = [len(self.hashes)]
+        for bucket, (token, _) in self.hashes.items():
+            out += [bucket, token]
+        return out
+
+    def update(self, reply: Sequence[Any]) -> None:
+        """Apply read.lua's {fetched, gone} for this kind."""
+        fetched, gone = reply
+        for bucket in gone:
+            self.drop(int(bucket))
+        for j in range(0, len(fetched), 3):
+            flat = fetched[j + 2]
+            names = map(as_text, flat[0::2])
+            fields = {n: int(v) for n, v in zip(names, flat[1::2], strict=True) if n != BUCKET_TOKEN_FIELD}
+            self.add(int(fetched[j]), as_text(fetched[j + 1]), fields)
+
+
+class _WindowSums(_Held):
+    """A window's summed counters; a field stays while at least one held bucket has it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sums: dict[str, int] = {}
+        self.present: dict[str, int] = {}
+
+    def _apply(self, fields: dict[str, int], sign: int) -> None:
+        sums, present = self.sums, self.present
         for name, value in fields.items():
-            self.present[name] = self.present.get(name, 0) + 1
-            self.sums[name] = self.sums.get(name, 0) + value
+            left = present.get(name, 0) + sign
+            if left:
+                present[name] = left
+                sums[name] = sums.get(name, 0) + sign * value
+            else:
+                del present[name], sums[name]
+
+
+class _DistinctSums(_Held):
+    """An exact distinct count over a window: members' summed counts, and how many reach 1 and 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+        self.distinct = 0
+        self.repeated = 0
+
+    def _apply(self, fields: dict[str, int], sign: int) -> None:
+        counts = self.counts
+        for member, by in fields.items():
+            old = counts.get(member, 0)
+            new = old + sign * by
+            self.distinct += (new >= 1) - (old >= 1)
+            self.repeated += (new >= 2) - (old >= 2)
+            if new:
+                counts[member] = new
+            else:
+                del counts[member]
 
 
 class ReadCache:
-    """The window sums a long-lived reader (the exporter) keeps between reads.
+    """The window sums and distinct members a long-lived reader (the exporter) keeps between reads.
 
-    Each read sends the (bucket, token) pairs held; Redis answers with the buckets
+    Each read sends the (bucket, token) pairs held; Redis answers with the hashes
     whose token changed (every batch that writes a bucket sets a new token,
     `BUCKET_TOKEN_FIELD`) and those that vanished, and the sums are updated by
     difference. Figures are exactly those of a full read - a restored or rolled-back
     Redis shows other tokens, so its buckets are read again - while a scrape costs the
-    buckets that changed instead of every field of every bucket of every window.
+    hashes that changed instead of every field of every bucket of every window.
     """
 
     def __init__(self) -> None:
         self.windows: dict[str, _WindowSums] = {}
+        self.distinct: dict[tuple[str, str], _DistinctSums] = {}
         self.lock = threading.Lock()
 
 
@@ -110,37 +169,33 @@ def _read(
     if script is None:
         script = _read_script[id(client)] = client.register_script(lua_script("read.lua"))
     queries = sorted_set_queries(now_s, config)
-    ranges: list[tuple[_WindowSums, int, int]] = []
+    held: list[tuple[_WindowSums, list[_DistinctSums]]] = []
     argv: list[Any] = [BUCKET_TOKEN_FIELD, len(windows)]
     for w in windows:
         first, last = w.first_bucket(now_s), w.last_bucket(now_s, future_skew_s)
         sums = cache.windows.setdefault(w.label, _WindowSums())
-        for bucket in [b for b in sums.buckets if not first <= b <= last]:
-            sums.drop(bucket)  # slid out of the window
-        ranges.append((sums, first, last))
-        argv += [keys.bucket_prefix(w.label), keys.distinct_prefix(w.label), first, last, len(sums.buckets)]
-        for bucket, (token, _) in sums.buckets.items():
-            argv += [bucket, token]
-    argv += [DistinctCount.DISTINCT_CODE, DistinctCount.REPEATED_CODE, len(DISTINCT_COUNTS)]
-    argv += [d.name for d in DISTINCT_COUNTS]
+        sums.keep(first, last)
+        argv += [keys.bucket_prefix(w.label), keys.distinct_prefix(w.label), first, last, *sums.held()]
+        argv.append(len(DISTINCT_COUNTS))
+        members: list[_DistinctSums] = []
+        for d in DISTINCT_COUNTS:
+            seen = cache.distinct.setdefault((w.label, d.name), _DistinctSums())
+            seen.keep(first, last)
+            argv += [d.name, *seen.held()]
+            members.append(seen)
+        held.append((sums, members))
     argv += [keys.current, len(queries)]
     for name, threshold in queries.items():
         argv += [keys.zset(name), repr(threshold)]
     reply = script(keys=[keys.current], args=argv)
     totals: dict[str, Totals] = {}
-    for w, (sums, _, _), (fetched, gone, distinct) in zip(windows, ranges, reply, strict=False):
-        for bucket in gone:
-            sums.drop(int(bucket))
-        for j in range(0, len(fetched), 3):
-            bucket, token, flat = int(fetched[j]), as_text(fetched[j + 1]), fetched[j + 2]
-            if bucket in sums.buckets:
-                sums.drop(bucket)
-            names = map(as_text, flat[0::2])
-            sums.add(
-                bucket, token, {n: int(v) for n, v in zip(names, flat[1::2], strict=True) if n != BUCKET_TOKEN_FIELD}
-            )
+    for w, (sums, members), window_reply in zip(windows, held, reply, strict=False):
+        sums.update(window_reply[0])
         window = Totals(sums.sums)
-        window.update(zip(map(as_text, distinct[0::2]), map(int, distinct[1::2]), strict=True))
+        for d, seen, distinct_reply in zip(DISTINCT_COUNTS, members, window_reply[1:], strict=True):
+            seen.update(distinct_reply)
+            window[d.distinct_field] = seen.distinct
+            window[d.repeated_field] = seen.repeated
         totals[w.label] = window
     cur_flat = reply[len(windows)]
     counters = Totals(zip(map(as_text, cur_flat[0::2]), map(int, cur_flat[1::2]), strict=True))

@@ -78,10 +78,12 @@ for _, b in ipairs(delta.buckets) do
 end
 
 -- Exact distinct counts: member -> count per window bucket; a member at 0 is removed.
+-- The batch token marks these hashes too (readers skip that field when counting members).
 for _, d in ipairs(delta.distinct) do
   for member, by in pairs(d[3]) do
     if redis.call('HINCRBY', d[1], member, int(by)) <= 0 then redis.call('HDEL', d[1], member) end
   end
+  if token then redis.call('HSET', d[1], token[1], token[2]) end
   redis.call('EXPIREAT', d[1], int(d[2]))
 end
 
