@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -118,6 +119,8 @@ def main() -> None:
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # the machine is shared: read the figures with it
         "sizes": results,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
