@@ -120,6 +120,10 @@ async def test_group_lag_from_the_broker_and_its_alert(apache_kafka: ApacheKafka
             )
 
         await wait_for(pending, 60, "CrmKpiConsumerGroupLagHigh to go pending on the broker's lag")
+        # The pipeline board's panel on it shows the same figure.
+        (panel,) = [q for q in monitoring.panel_queries() if "from the brokers" in q.panel]
+        shown = {r["metric"]["topic"]: float(r["value"][1]) for r in await prometheus.query(panel.expr)}
+        assert shown[tickets] == 10_500 - 300 + 200
         # The workers catch up (here: the group commits the end): the lag and the alert go away.
         await _commit(
             apache_kafka.bootstrap, group, {TopicPartition(tickets, 0): 10_500, TopicPartition(tickets, 1): 200}
