@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -39,6 +40,7 @@ async def _records(bootstrap: str, topic: str) -> list[Any]:
         await consumer.stop()
 
 
+@pytest.mark.slow
 async def test_list_filters_and_replays_fixed_or_all_dead_letters(
     kafka_bootstrap: str, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -25,6 +26,7 @@ from tests.support.config import clean_settings
 from tests.support.replay import Replay
 
 
+@pytest.mark.slow
 async def test_cached_reads_equal_full_reads_through_slides_late_writes_and_rollbacks(
     redis_url: str, prefix: str
 ) -> None:
