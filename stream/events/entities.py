@@ -16,9 +16,10 @@ they feed, live in the KPI domain modules (`stream.kpis.support`, …).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["Contribution", "EntityKind", "EntityState", "PackedState", "earlier"]
 
@@ -73,16 +74,18 @@ S = TypeVar("S", bound="PackedState")
 class PackedState:
     """Base of dataclass states made of optional ints and strings, encoded '|'-joined.
 
-    The encoding is canonical (one text per state), which lets the fold compare
-    a state's new encoding with the raw value it read instead of decoding twice.
+    Fields whose names end in `_us` (µs since the epoch, or a duration) or
+    `_micros` (an amount in micro-units) hold integers, every other field text;
+    every field defaults to None. The encoding is canonical (one text per state),
+    which lets the fold compare a state's new encoding with the raw value it read
+    instead of decoding twice. No `__dict__` tricks: these classes are compiled
+    by mypyc too (setup.py), and compiled instances have none.
     """
-
-    _ints: ClassVar[frozenset[str]] = frozenset()
 
     def encode(self) -> str:
         # Runs for every entity a batch touches: _quote only for text that needs escaping.
         parts: list[str] = []
-        for v in self.__dict__.values():
+        for v in _layout(type(self)).values(self):
             if v is None:
                 parts.append("")
             elif type(v) is int:
@@ -97,32 +100,40 @@ class PackedState:
     def decode(cls: type[S], raw: str | None) -> S:
         if not raw:
             return cls()
-        new = cls()
-        ints = cls._ints
-        values = new.__dict__
-        for name, part in zip(_names(cls), raw.split("|"), strict=False):
-            if part:
-                values[name] = int(part) if name in ints else _unquote(part)
-        return new
+        # A text written with fewer fields (an older layout) leaves the new ones at None.
+        values = [
+            (int(part) if is_int else _unquote(part)) if part else None
+            for is_int, part in zip(_layout(cls).ints, raw.split("|"), strict=False)
+        ]
+        return cls(*values)
 
     def copy(self: S) -> S:
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        return new
+        cls = type(self)
+        return cls(*_layout(cls).values(self))
 
     def persistent(self) -> bool:
         """True when the state must outlive the state TTL (it holds open "current" figures)."""
         return False
 
 
-_NAMES: dict[type, tuple[str, ...]] = {}
+class _Layout:
+    """A PackedState class's fields in order: which hold integers, and a getter of all values at once."""
+
+    def __init__(self, cls: type) -> None:
+        names = tuple(f.name for f in fields(cls))
+        self.ints = tuple(name.endswith(("_us", "_micros")) for name in names)
+        getter = operator.attrgetter(*names)
+        self.values: Callable[[Any], tuple[Any, ...]] = getter if len(names) > 1 else lambda state: (getter(state),)
 
 
-def _names(cls: type) -> tuple[str, ...]:
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
-    return names
+_LAYOUTS: dict[type, _Layout] = {}
+
+
+def _layout(cls: type) -> _Layout:
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        layout = _LAYOUTS[cls] = _Layout(cls)
+    return layout
 
 
 def _quote(text: str) -> str:

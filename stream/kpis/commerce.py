@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
@@ -72,8 +72,6 @@ class InvoiceState(PackedState):
     due_us: int | None = None
     paid_us: int | None = None
 
-    _ints: ClassVar[frozenset[str]] = frozenset({"issued_us", "amount_micros", "due_us", "paid_us"})
-
     def unpaid(self) -> bool:
         return self.issued_us is not None and self.paid_us is None
 
@@ -113,8 +111,6 @@ class OrderState(PackedState):
     promised_us: int | None = None
     delivered_us: int | None = None
 
-    _ints: ClassVar[frozenset[str]] = frozenset({"placed_us", "amount_micros", "promised_us", "delivered_us"})
-
     def merge(self, event: Any, t_us: int) -> OrderState:
         new = self.copy()
         if event.type == "order.placed":
@@ -149,8 +145,6 @@ class QuoteState(PackedState):
 
     sent_us: int | None = None
     ordered_us: int | None = None
-
-    _ints: ClassVar[frozenset[str]] = frozenset({"sent_us", "ordered_us"})
 
     def merge(self, event: Any, t_us: int) -> QuoteState:
         new = self.copy()

@@ -11,7 +11,7 @@ import bisect
 import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
@@ -48,8 +48,6 @@ class CustomerState(PackedState):
 
     acquired_us: int | None = None
     churned_us: int | None = None
-
-    _ints: ClassVar[frozenset[str]] = frozenset({"acquired_us", "churned_us"})
 
     def merge(self, event: Any, t_us: int) -> CustomerState:
         new = self.copy()

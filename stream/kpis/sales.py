@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from stream.events.entities import Contribution, EntityKind, PackedState, earlier
 from stream.events.windows import to_us
@@ -77,10 +77,6 @@ class DealState(PackedState):
     stage: str | None = None
     amount_micros: int | None = None  # of the (earliest) deal.created
     currency: str | None = None
-
-    _ints: ClassVar[frozenset[str]] = frozenset(
-        {"created_us", "created_hint_us", "won_us", "lost_us", "stage_us", "amount_micros"}
-    )
 
     def is_open(self) -> bool:
         return self.created_us is not None and self.won_us is None and self.lost_us is None

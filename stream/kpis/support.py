@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from stream.events.entities import Contribution, EntityKind, PackedState, earlier
 from stream.events.windows import to_us
@@ -57,10 +57,6 @@ class TicketState(PackedState):
     resolved_us: int | None = None  # first resolution
     last_resolved_us: int | None = None
     last_reopened_us: int | None = None
-
-    _ints: ClassVar[frozenset[str]] = frozenset(
-        {"opened_us", "hint_us", "answered_us", "resolved_us", "last_resolved_us", "last_reopened_us"}
-    )
 
     def in_backlog(self) -> bool:
         """Opened, and not resolved unless reopened at or after its latest resolution."""
