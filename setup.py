@@ -23,7 +23,6 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
-RECORD = HERE / "stream" / "_compiled_sources.json"
 
 
 def _modules() -> list[str]:
@@ -35,18 +34,31 @@ def _modules() -> list[str]:
     raise SystemExit("setup.py: MODULES not found in stream/_compiled.py")
 
 
+def _path(module: str) -> str:
+    return str(Path(*module.split(".")).with_suffix(".py"))
+
+
 def _say(message: str) -> None:
     print(f"crm-kpi-stream: {message}", file=sys.stderr)
 
 
 class _OptionalBuildExt(build_ext):
-    """Install the pure-Python modules when the extensions cannot be built (no C compiler, no headers)."""
+    """Install the pure-Python modules when the extensions cannot be built (no C compiler, no headers).
+
+    Records the hash of each compiled source next to the extensions, once they are built.
+    """
 
     def run(self) -> None:
         try:
             super().run()
         except Exception as exc:  # setuptools raises several unrelated types for a missing toolchain
             _say(f"compiled core not built ({exc}); installing the pure-Python modules")
+            return
+        if self.extensions:
+            record = Path(self.get_ext_fullpath("stream._core__mypyc")).parent / "_compiled_sources.json"
+            modules = _modules()
+            digests = {m: hashlib.sha256((HERE / _path(m)).read_bytes()).hexdigest() for m in modules}
+            record.write_text(json.dumps(digests, indent=1) + "\n")
 
 
 def _extensions() -> list[Any]:
@@ -58,17 +70,11 @@ def _extensions() -> list[Any]:
     except ImportError:
         _say("mypyc is not installed: installing the pure-Python modules")
         return []
-    modules = _modules()
-    paths = [str(Path(*m.split(".")).with_suffix(".py")) for m in modules]
     try:
-        extensions = list(mypycify(paths, opt_level="3", group_name="stream._core"))
+        return list(mypycify([_path(m) for m in _modules()], opt_level="3", group_name="stream._core"))
     except (Exception, SystemExit) as exc:  # mypy reports type errors by exiting
         _say(f"mypyc failed ({exc}); installing the pure-Python modules")
         return []
-    RECORD.write_text(
-        json.dumps({m: hashlib.sha256((HERE / p).read_bytes()).hexdigest() for m, p in zip(modules, paths)}, indent=1)
-    )
-    return extensions
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": _OptionalBuildExt})

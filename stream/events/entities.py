@@ -18,26 +18,39 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar
 
 __all__ = ["Contribution", "EntityKind", "EntityState", "PackedState", "earlier"]
 
 
-@dataclass
 class Contribution:
-    """What one entity state adds: windowed counters at event times, and current state."""
+    """What one entity state adds: windowed counters at event times, and current state.
 
-    window: list[tuple[int, str, int]] = field(default_factory=list)  # (t_us, field, delta)
-    members: list[tuple[int, str, str, int]] = field(default_factory=list)  # (t_us, distinct name, member, delta)
-    counters: dict[str, int] = field(default_factory=dict)  # non-windowed counters
-    zmembers: set[tuple[str, str, float]] = field(default_factory=set)  # (sorted set, member, score in unix s)
+    A plain class, not a dataclass: the fold builds two per changed entity, and
+    a compiled (mypyc) class builds fastest from its own `__init__`.
+    """
+
+    def __init__(self) -> None:
+        self.window: list[tuple[int, str, int]] = []  # (t_us, field, delta)
+        self.members: list[tuple[int, str, str, int]] = []  # (t_us, distinct name, member, delta)
+        self.counters: dict[str, int] = {}  # non-windowed counters
+        self.zmembers: set[tuple[str, str, float]] = set()  # (sorted set, member, score in unix s)
 
 
 class EntityState(Protocol):
-    """What the fold needs of a state: merge an event, say what it contributes, encode itself."""
+    """What the fold needs of a state: merge events, say what it contributes, encode itself.
+
+    `absorb` merges an event into the state in place; `merge` returns the merged
+    copy and leaves the state as it was. The fold copies a state once per batch
+    and absorbs each of the batch's events into the copy.
+    """
 
     def merge(self, event: Any, t_us: int) -> Any: ...
+
+    def absorb(self, event: Any, t_us: int) -> None: ...
+
+    def copy(self) -> Any: ...
 
     def contribute(self, entity_id: str, config: Any) -> Contribution: ...
 
@@ -110,6 +123,16 @@ class PackedState:
     def copy(self: S) -> S:
         cls = type(self)
         return cls(*_layout(cls).values(self))
+
+    def merge(self: S, event: Any, t_us: int) -> S:
+        """The state after `event` (at t_us); self is unchanged."""
+        new = self.copy()
+        new.absorb(event, t_us)
+        return new
+
+    def absorb(self, event: Any, t_us: int) -> None:
+        """Merge `event` (at t_us) into this state, in place (each subclass's rules)."""
+        raise NotImplementedError
 
     def persistent(self) -> bool:
         """True when the state must outlive the state TTL (it holds open "current" figures)."""

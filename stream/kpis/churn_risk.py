@@ -93,22 +93,22 @@ def expiry_us(items: tuple[Item, ...], threshold: int) -> int | None:
     Points are read with every item counted (the moment of the newest item);
     after that they only fall. The customer is at risk at t while t < expiry.
     `items` must be sorted (as RiskState keeps them).
+
+    The items still counted at any moment are a suffix of the sorted items, and
+    a suffix's points only grow with its length. So the answer comes from the
+    newest items backwards: the oldest group of equal times without which the
+    newer items score under the threshold. It costs as many items as reaching
+    the threshold takes, not the customer's whole history.
     """
     fixed = tickets = 0
-    for _, code, _ in items:
-        fixed += _POINTS.get(code, 0)
-        tickets += code in _TICKETS
-    if fixed + max(0, tickets - _FREE_TICKETS) < threshold:
-        return None
-    n = len(items)
-    i = 0
-    while i < n:
+    i = len(items) - 1
+    while i >= 0:
         t = items[i][0]
-        while i < n and items[i][0] == t:
+        while i >= 0 and items[i][0] == t:
             code = items[i][1]
-            fixed -= _POINTS.get(code, 0)
-            tickets -= code in _TICKETS
-            i += 1
-        if fixed + max(0, tickets - _FREE_TICKETS) < threshold:
+            fixed += _POINTS.get(code, 0)
+            tickets += code in _TICKETS
+            i -= 1
+        if fixed + max(0, tickets - _FREE_TICKETS) >= threshold:
             return t + WINDOW_US
-    return None  # unreachable: no items scores 0 < threshold
+    return None

@@ -67,6 +67,8 @@ def cap_label(value: str | None, allowed: frozenset[str], absent: str = "unknown
 
 # --- counters -----------------------------------------------------------------------------
 
+_FIELDS_MAX = 4096  # cached field texts per family; labels are capped, this only bounds memory
+
 
 @dataclass(frozen=True)
 class Tally:
@@ -84,10 +86,17 @@ class TallyFamily:
     """Integer counters split by one label value, stored as fields 'code|label'."""
 
     code: str
+    # label -> field, so the fold builds each field text once (labels are bounded sets).
+    _fields: dict[str | int, str] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def field(self, label: str | int) -> str:
         """The field of one label value (e.g. a priority, a currency, a sketch bucket index)."""
-        return f"{self.code}|{label}"
+        found = self._fields.get(label)
+        if found is None:
+            if len(self._fields) >= _FIELDS_MAX:
+                self._fields.clear()
+            found = self._fields[label] = f"{self.code}|{label}"
+        return found
 
     def by_label(self, values: Mapping[str, int]) -> dict[str, int]:
         """{label: value} of every field of this family in summed counters."""
@@ -150,9 +159,15 @@ class SortedSetFamily:
     """Sorted sets split by one label value (e.g. tickets awaiting response, per priority)."""
 
     code: str
+    _sets: dict[str, SortedSet] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def of(self, label: str) -> SortedSet:
-        return SortedSet(f"{self.code}|{label}")
+        found = self._sets.get(label)
+        if found is None:
+            if len(self._sets) >= _FIELDS_MAX:
+                self._sets.clear()
+            found = self._sets[label] = SortedSet(f"{self.code}|{label}")
+        return found
 
 
 # --- what a read-out sees -------------------------------------------------------------------

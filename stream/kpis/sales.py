@@ -89,29 +89,27 @@ class DealState(PackedState):
         if self.stage_us is None or (t_us, stage) > (self.stage_us, self.stage or ""):
             self.stage_us, self.stage = t_us, stage
 
-    def merge(self, event: Any, t_us: int) -> DealState:
-        """The state after a deal event; self is unchanged."""
-        new = self.copy()
+    def absorb(self, event: Any, t_us: int) -> None:
+        """Merge a deal event into this state."""
         if event.type == "deal.created":
-            if earlier(new.created_us, t_us):
-                new.created_us = t_us
+            if earlier(self.created_us, t_us):
+                self.created_us = t_us
                 amount = getattr(event, "amount", None)
-                new.amount_micros = None if amount is None else amount_micros(amount)
-                new.currency = getattr(event, "currency", None)
-            new._see_stage(t_us, getattr(event, "stage", "new"))
+                self.amount_micros = None if amount is None else amount_micros(amount)
+                self.currency = getattr(event, "currency", None)
+            self._see_stage(t_us, getattr(event, "stage", "new"))
         elif event.type == "deal.stage_changed":
-            new._see_stage(t_us, event.stage)
+            self._see_stage(t_us, event.stage)
         elif event.type == "deal.lost":
-            if earlier(new.lost_us, t_us):
-                new.lost_us = t_us
+            if earlier(self.lost_us, t_us):
+                self.lost_us = t_us
         elif event.type == "deal.won":
-            if earlier(new.won_us, t_us):
-                new.won_us = t_us
+            if earlier(self.won_us, t_us):
+                self.won_us = t_us
                 if event.deal_created_at is not None:
-                    new.created_hint_us = to_us(event.deal_created_at)
-            elif new.created_hint_us is None and event.deal_created_at is not None:
-                new.created_hint_us = to_us(event.deal_created_at)
-        return new
+                    self.created_hint_us = to_us(event.deal_created_at)
+            elif self.created_hint_us is None and event.deal_created_at is not None:
+                self.created_hint_us = to_us(event.deal_created_at)
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """One sales-cycle sample at the win, when the creation time is known; open deal figures."""
