@@ -26,7 +26,9 @@ from stream.kpis import sketch
 from stream.kpis.business_hours import Schedule
 
 __all__ = [
+    "DISTINCT_CODE",
     "QUANTILES",
+    "REPEATED_CODE",
     "Current",
     "DistinctCount",
     "Domain",
@@ -109,6 +111,14 @@ class TallyFamily:
         return {int(k): v for k, v in self.by_label(values).items()}
 
 
+DISTINCT_CODE = "dn"
+"""Prefix of the totals field the exporter's read answers with a distinct count's members (read.lua gets it)."""
+REPEATED_CODE = "d2"
+"""Prefix of the totals field with the members counted at least twice."""
+# Module constants, not class attributes: this module is also compiled (mypyc), and a
+# compiled dataclass keeps no plain class attributes.
+
+
 @dataclass(frozen=True)
 class DistinctCount:
     """An exact count of distinct members (users, buyers) over a window.
@@ -120,18 +130,15 @@ class DistinctCount:
 
     name: str
 
-    DISTINCT_CODE = "dn"  # the read's answer fields; read.lua receives both codes as arguments
-    REPEATED_CODE = "d2"
-
     @property
     def distinct_field(self) -> str:
         """The totals field the read answers with the number of distinct members."""
-        return f"{self.DISTINCT_CODE}|{self.name}"
+        return f"{DISTINCT_CODE}|{self.name}"
 
     @property
     def repeated_field(self) -> str:
         """The totals field the read answers with the number of members counted at least twice."""
-        return f"{self.REPEATED_CODE}|{self.name}"
+        return f"{REPEATED_CODE}|{self.name}"
 
     def distinct(self, totals: Mapping[str, int]) -> int:
         """Members counted at least once in the window."""
