@@ -1,8 +1,8 @@
 """The worker's side of Redis: the batch read and the atomic batch write.
 
-Each batch costs two round trips whatever its size: one read (entity states)
-and one Lua call (`lua/apply.lua`) that checks the offset fence, the dedupe
-sets and the entity states read, then writes the whole delta.
+Each batch costs two round trips whatever its size: one read of entity states
+(`lua/states.lua`) and one Lua call (`lua/apply.lua`) that checks the offset
+fence, the dedupe sets and the entity states read, then writes the whole delta.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class AsyncStore:
         self.dedupe_horizon_s = dedupe_horizon_s
         self.state_ttl_s = state_ttl_s
         self._apply = client.register_script(lua_script("apply.lua"))
+        self._states = client.register_script(lua_script("states.lua"))
 
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
         """Next offset to apply per 'topic:partition' field, for those Redis knows."""
@@ -74,10 +75,16 @@ class AsyncStore:
         return {f: int(v) for f, v in zip(fields, values, strict=True) if v is not None}
 
     async def read_states(self, entity_keys: Sequence[str]) -> dict[str, str | None]:
-        """The raw states of these entities (None when absent); no round trip for none."""
+        """The raw states of these entities (None when absent); no round trip for none.
+
+        One script call with the keys as one JSON argument (lua/states.lua), not an
+        MGET with one argument per key: packing those cost ~1 µs a key in the client.
+        """
         if not entity_keys:
             return {}
-        values = cast(list[bytes | None], await self.client.mget(list(entity_keys)))
+        values = cast(
+            list[bytes | None], await self._states(keys=[self.keys.offsets], args=[orjson.dumps(list(entity_keys))])
+        )
         return {k: (v.decode() if v is not None else None) for k, v in zip(entity_keys, values, strict=True)}
 
     async def apply(
