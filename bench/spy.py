@@ -21,7 +21,6 @@ PARTS: tuple[tuple[str, str], ...] = (
         "entity state decode/encode/copy",
         _F + r"(decode|encode|copy|_layout|_quote|_unquote) \(stream/(events/entities|kpis)",
     ),
-    ("validation: UTC conversion", _F + r"_to_utc \("),
     ("validation (pydantic-core)", _F + r"(_validate|decode) \(stream/events/decode"),
     ("entity merge", _F + r"(merge|absorb|_see_stage|item_of|relevant|amount_micros) \("),
     ("entity contribute", _F + r"(contribute|expiry_us|business_us|_opening|bucket_index|field|of|__init__) \("),
