@@ -58,13 +58,15 @@ def relevant(event: Any) -> bool:
     return kind in ("ticket.opened", "customer.churned")
 
 
+_TICKET_CODE: Final = {"complaint": "C", "cancellation": "X"}
+_SURVEY_CODE: Final = {"nps": "N", "csat": "S", "ces": "E"}
+
+
 def item_of(event: Any) -> tuple[str, str]:
     """(code, key) of a relevant ticket or survey event."""
     if event.type == "ticket.opened":
-        code = {"complaint": "C", "cancellation": "X"}.get(getattr(event, "category", None) or "", "T")
-        return code, "t:" + event.ticket_id
-    code = {"nps": "N", "csat": "S", "ces": "E"}[event.kind]
-    return code, "s:" + event.event_id
+        return _TICKET_CODE.get(getattr(event, "category", None) or "", "T"), "t:" + event.ticket_id
+    return _SURVEY_CODE[event.kind], "s:" + event.event_id
 
 
 def _score(counts: Counter[str]) -> int:

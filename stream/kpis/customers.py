@@ -118,19 +118,24 @@ class RiskState:
                 self.churned_us = t_us
             return
         code, key = churn_risk.item_of(event)
-        items = list(self.items)
-        keys = list(map(_ITEM_KEY, items))  # C-level scans: a customer may hold dozens of items
+        items = self.items
+        keys = list(map(_ITEM_KEY, items))  # C-level scans: a busy customer holds dozens of items
         if key in keys:
             j = keys.index(key)
             t, c, _ = items[j]
             if (t, c) <= (t_us, code):
                 return
-            del items[j]
-        bisect.insort(items, (t_us, code, key))
+            items = items[:j] + items[j + 1 :]
+        item = (t_us, code, key)
+        if not items or item > items[-1]:
+            items += (item,)  # the usual case: events come roughly in time order
+        else:
+            at = bisect.bisect(items, item)
+            items = (*items[:at], item, *items[at:])
         cut = items[-1][0] - churn_risk.WINDOW_US
         if items[0][0] <= cut:
-            del items[: bisect.bisect_right(items, (cut, _AFTER_ANY_CODE))]  # items at or before the cut
-        self.items = tuple(items)
+            items = items[bisect.bisect_right(items, (cut, _AFTER_ANY_CODE)) :]  # drop items at or before the cut
+        self.items = items
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """Membership of the at-risk set, scored by when the customer falls under the threshold."""
