@@ -17,7 +17,7 @@ import redis.exceptions
 from stream.events.windows import Window
 from stream.kpis import DISTINCT_COUNTS, Current, KpiConfig, Totals, ZStat, churn_risk, sorted_set_queries
 from stream.kpis.customers import AT_RISK, RISK, RiskState
-from stream.kpis.registry import DistinctCount
+from stream.kpis.registry import DISTINCT_CODE, REPEATED_CODE
 from stream.store.keys import Keys
 from stream.store.writer import as_text, lua_script
 
@@ -71,7 +71,7 @@ def read_snapshot(
             w.first_bucket(now_s),
             w.last_bucket(now_s, future_skew_s),
         ]
-    argv += [DistinctCount.DISTINCT_CODE, DistinctCount.REPEATED_CODE, len(DISTINCT_COUNTS)]
+    argv += [DISTINCT_CODE, REPEATED_CODE, len(DISTINCT_COUNTS)]
     argv += [d.name for d in DISTINCT_COUNTS]
     argv += [keys.current, len(queries)]
     for name, threshold in queries.items():

@@ -4,7 +4,7 @@
 --       current hash key; n_zsets, then per zset (key, score threshold).
 -- Returns {window sums..., current hash, zset stats...}; sums as flat field/value lists,
 -- each ending with '<distinct code>|<name>' (distinct members) and '<repeated code>|<name>'
--- (members counted >= 2); the codes come from stream/kpis/registry.py (DistinctCount).
+-- (members counted >= 2); the codes come from stream/kpis/registry.py (DISTINCT_CODE, REPEATED_CODE).
 local argv, i = ARGV, 0
 local function nxt() i = i + 1; return argv[i] end
 local function num() i = i + 1; return tonumber(argv[i]) end
