@@ -121,6 +121,12 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _redis_cpu_s(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used so far (its main thread and the others)."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def run_worker(
     s: Settings,
     total: int,
@@ -141,9 +147,9 @@ def run_worker(
     proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, cwd=root, stdout=log, stderr=log)
     try:
         first = _poll_until(lambda: _applied_total(client, s.redis_key_prefix) > 0, 120, "first batch")
-        cpu_first = _cpu_s(proc.pid)
+        cpu_first, redis_first = _cpu_s(proc.pid), _redis_cpu_s(client)
         last = _poll_until(lambda: _applied_total(client, s.redis_key_prefix) >= total, 1800, "all records")
-        cpu_last = _cpu_s(proc.pid)
+        cpu_last, redis_last = _cpu_s(proc.pid), _redis_cpu_s(client)
         rss = _peak_rss_mb(proc.pid)
         counters = _scrape_worker(env["CRM_KPI_WORKER_PORT"])
     finally:
@@ -168,6 +174,8 @@ def run_worker(
         # Records per CPU-second of the worker process: what one core sustains, whatever else
         # the shared machine runs (the wall-clock rate above depends on it).
         "per_cpu_s": total / max(cpu_last - cpu_first, 1e-9),
+        # Redis's own CPU per record over the same span (it serves only this bench): for sizing.
+        "redis_cpu_us_per_record": 1e6 * (redis_last - redis_first) / total,
         "startup_s": first - spawned,
         "peak_rss_mb": rss,
         "conflicts": conflicts,
@@ -274,6 +282,9 @@ def main() -> None:
         result["rates"] = {k: _summary([x["rate"] for x in v]) for k, v in runs.items() if v}
         workers = [k for k in runs if k.partition("@")[0] in workloads]
         result["per_cpu_s"] = {k: _summary([x["per_cpu_s"] for x in runs[k]]) for k in workers}
+        result["redis_cpu_us_per_record"] = {
+            k: _summary([x["redis_cpu_us_per_record"] for x in runs[k]]) for k in workers
+        }
         result["runs"] = {k: runs[k] for k in workers}
         result["exact"] = all(x["exact"] for k in workers for x in runs[k])
         med = {k: v["median"] for k, v in result["rates"].items()}
