@@ -24,7 +24,9 @@ WINDOWS = [[3600, 86400, 604800, 2592000], [3600], [600, 5400, 7200], [86400, 36
 def test_each_event_counts_once_in_every_window_holding_its_bucket(windows: list[int], ages_us: list[int]) -> None:
     ctx = fold_context(NOW_S, windows)
     now_us = int(NOW_S * US)
-    events = [(E(type="lead.created", lead_id=f"l{i}", lead_source="web"), now_us - age) for i, age in enumerate(ages_us)]
+    events = [
+        (E(type="lead.created", lead_id=f"l{i}", lead_source="web"), now_us - age) for i, age in enumerate(ages_us)
+    ]
     delta = fold(events, dict.fromkeys(entity_keys([e for e, _ in events], ctx)), ctx)
     want: Counter[tuple[str, int]] = Counter()
     oldest = now_us - max(windows) * US
