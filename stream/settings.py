@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas import TOPIC_FAMILY
 from stream.events.windows import format_duration
-from stream.kpis.business_hours import Schedule, parse_hours
+from stream.kpis.business_hours import Schedule, parse_calendar, parse_hours
 from stream.kpis.registry import KpiConfig
 
 __all__ = [
@@ -80,6 +80,14 @@ def _sla(value: Any) -> Any:
             out[name.strip()] = parse_duration(dur)
         return out
     return value
+
+
+def _holiday_date(text: str) -> date | None:
+    """An ISO date ('2026-12-24'), or None for anything else (a calendar name)."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 Seconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
@@ -189,19 +197,23 @@ class Settings(BaseSettings):
     )
     business_hours: str = "mon-fri 09:00-17:00"
     business_timezone: str = "UTC"
-    business_holidays: Annotated[list[date], NoDecode, BeforeValidator(_csv)] = Field(default_factory=list)
+    business_holidays: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(default_factory=list)
+    """Closed days: dates (2026-12-24) and public-holiday calendars by country[-region] (DE-BY, US, FR)."""
     churn_risk_threshold: int = Field(4, ge=1, le=1000)
 
     # Worker batching
     batch_max_records: int = Field(4000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(50, ge=0, le=60_000)
     commit_interval: Seconds = 1.0
+    worker_stall_timeout: Seconds = 120.0
+    """/health turns 503 when records wait and no batch was applied for this long."""
 
-    # Endpoints: bind addresses, ports, TLS and basic auth of both /metrics (docs/security.md)
+    # Endpoints: bind addresses, ports, TLS and basic auth of every /metrics (docs/security.md)
     worker_host: str = "0.0.0.0"
     worker_port: int = Field(6066, ge=1, le=65535)
     exporter_host: str = "0.0.0.0"
     exporter_port: int = Field(9464, ge=1, le=65535)
+    lag_exporter_port: int = Field(9308, ge=1, le=65535)
     web_config_file: OptStr = None
     # Where secret files are read from (docs/security.md); read by `load_settings`, kept for reference.
     secrets_dir: OptStr = None
@@ -230,6 +242,17 @@ class Settings(BaseSettings):
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)") from None
+        return v
+
+    @field_validator("business_holidays")
+    @classmethod
+    def _check_holidays(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if _holiday_date(item) is not None:
+                continue
+            if re.match(r"^\d{4}-", item):
+                raise ValueError(f"not a date: {item!r} (use YYYY-MM-DD)")
+            parse_calendar(item)  # ValueError: neither a date nor a calendar
         return v
 
     @field_validator("lead_lost_reasons", "deal_stages")
@@ -372,7 +395,10 @@ class Settings(BaseSettings):
             lost_reasons=frozenset(self.lead_lost_reasons),
             stages=tuple(self.deal_stages),
             schedule=Schedule(
-                self.business_timezone, parse_hours(self.business_hours), frozenset(self.business_holidays)
+                self.business_timezone,
+                parse_hours(self.business_hours),
+                frozenset(d for d in map(_holiday_date, self.business_holidays) if d is not None),
+                tuple(parse_calendar(x) for x in self.business_holidays if _holiday_date(x) is None),
             ),
             risk_threshold=self.churn_risk_threshold,
         )

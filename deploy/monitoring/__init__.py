@@ -18,7 +18,7 @@ package generates.
 
 from .alerts import ALERTS, GROUP_DASHBOARDS, GROUPS, build_alerts
 from .dashboards import DASHBOARDS, PanelQuery, build_dashboards, panel_queries
-from .deployment import DEFAULT_DEPLOYMENT, EXPORTER_JOB, WORKER_JOB, Deployment
+from .deployment import DEFAULT_DEPLOYMENT, EXPORTER_JOB, LAG_EXPORTER_JOB, WORKER_JOB, Deployment
 from .generate import ALERTS_DOC, DASHBOARDS_DIR, RULES_DIR, generate, main
 from .model import Alert, Dashboard, Panel, Query
 from .names import UnknownMetricError, metric_source, metrics_in
@@ -33,6 +33,7 @@ __all__ = [
     "EXPORTER_JOB",
     "GROUPS",
     "GROUP_DASHBOARDS",
+    "LAG_EXPORTER_JOB",
     "RULES_DIR",
     "THRESHOLDS",
     "WORKER_JOB",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .deployment import DEFAULT_DEPLOYMENT, Deployment
 from .model import Alert
-from .names import exporter_metric, kpi_metric, metrics_in, worker_metric
+from .names import exporter_metric, kpi_metric, lag_exporter_metric, metrics_in, worker_metric
 from .thresholds import P90, SLA, THRESHOLDS, threshold, threshold_duration, threshold_percent
 
 __all__ = ["ALERTS", "GROUPS", "GROUP_DASHBOARDS", "build_alerts"]
@@ -218,6 +218,8 @@ def _pipeline_alerts(deployment: Deployment) -> tuple[Alert, ...]:
     redis_up = exporter_metric("crm_exporter_redis_up")
     misconfigured = worker_metric("crm_worker_misconfigured")
     healthy = worker_metric("crm_worker_healthy")
+    group_lag = deployment.lag_exporter(lag_exporter_metric("crm_kafka_group_lag"))
+    broker_up = deployment.lag_exporter(lag_exporter_metric("crm_kafka_broker_up"))
     quiet = threshold("no_events_period")
     return (
         Alert(
@@ -271,6 +273,30 @@ def _pipeline_alerts(deployment: Deployment) -> tuple[Alert, ...]:
             "The workers are {{ $value }} records behind on topic {{ $labels.topic }}"
             f" (threshold {threshold('consumer_lag_records')}) for 10 minutes: the KPIs lag reality.",
             ("consumer_lag_records",),
+        ),
+        Alert(
+            "CrmKpiConsumerGroupLagHigh",
+            "pipeline",
+            f"sum by (group, topic) (max by (group, topic, partition) ({group_lag}))"
+            f" > {threshold('consumer_lag_records')}",
+            "10m",
+            "warning",
+            f"The broker counts over {threshold('consumer_lag_records')} records of {{{{ $labels.topic }}}}"
+            " not yet consumed by the workers.",
+            "Group {{ $labels.group }} has {{ $value }} records of {{ $labels.topic }} that it has not"
+            f" committed (threshold {threshold('consumer_lag_records')}) for 10 minutes, as the broker"
+            " reports it: this holds even when every worker is dead or stuck.",
+            ("consumer_lag_records",),
+        ),
+        Alert(
+            "CrmKpiLagExporterBrokerDown",
+            "pipeline",
+            f"{broker_up} == 0",
+            "5m",
+            "warning",
+            "The lag exporter {{ $labels.instance }} cannot read offsets from Kafka.",
+            "crm-kpi lag-exporter at {{ $labels.instance }} has failed to read the group's committed and"
+            " end offsets from the brokers for 5 minutes: consumer-group lag is unknown.",
         ),
         Alert(
             "CrmKpiEventLagHigh",

@@ -14,7 +14,7 @@ from typing import Any
 
 from .deployment import DEFAULT_DEPLOYMENT, Deployment
 from .model import Dashboard, Panel, Query
-from .names import KPI_METRICS, exporter_metric, kpi_metric, metrics_in, worker_metric
+from .names import KPI_METRICS, exporter_metric, kpi_metric, lag_exporter_metric, metrics_in, worker_metric
 
 __all__ = ["DASHBOARDS", "PanelQuery", "build_dashboards", "panel_queries"]
 
@@ -216,6 +216,20 @@ def _pipeline_health(deployment: Deployment) -> Dashboard:
                 "Kafka consumer lag by topic",
                 (Query(f"sum by (topic) ({worker_metric('crm_kafka_consumer_lag')})", "{{topic}}"),),
                 width=12,
+                description="As each worker last saw it: frozen while a worker is stuck, gone when it dies.",
+            ),
+            Panel(
+                "Consumer-group lag by topic (from the brokers)",
+                (
+                    Query(
+                        "sum by (topic) (max by (group, topic, partition) "
+                        f"({deployment.lag_exporter(lag_exporter_metric('crm_kafka_group_lag'))}))",
+                        "{{topic}}",
+                    ),
+                ),
+                width=12,
+                description="End offset - the group's committed offset, read from the brokers by crm-kpi"
+                " lag-exporter: true even when every worker is dead or stuck.",
             ),
             Panel(
                 "Batch latency",

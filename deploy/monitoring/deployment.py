@@ -12,11 +12,20 @@ from __future__ import annotations
 import re
 from dataclasses import Field, dataclass, field, fields
 
-__all__ = ["DEFAULT_DEPLOYMENT", "EXPORTER_JOB", "WORKER_JOB", "Deployment", "option_name", "parse_selector"]
+__all__ = [
+    "DEFAULT_DEPLOYMENT",
+    "EXPORTER_JOB",
+    "LAG_EXPORTER_JOB",
+    "WORKER_JOB",
+    "Deployment",
+    "option_name",
+    "parse_selector",
+]
 
 # Prometheus job names of the compose stack (deploy/prometheus/prometheus.yml).
 WORKER_JOB = "crm-kpi-worker"
 EXPORTER_JOB = "crm-kpi-exporter"
+LAG_EXPORTER_JOB = "crm-kpi-lag-exporter"
 
 _STRING = r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'|`[^`]*`"
 _MATCHER = rf"\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=~|!~|!=|=)\s*(?:{_STRING})\s*"
@@ -50,6 +59,10 @@ class Deployment:
         default=f'job="{EXPORTER_JOB}"',
         metadata={"help": "label matchers of the exporter's scrape targets"},
     )
+    lag_exporter_selector: str = field(
+        default=f'job="{LAG_EXPORTER_JOB}"',
+        metadata={"help": "label matchers of the lag exporter's scrape targets (`crm-kpi lag-exporter`)"},
+    )
     runbook_url: str = field(
         default="docs/runbooks.md",
         metadata={"help": "the runbooks page; each alert's `runbook_url` is `<this>#<alert name in lower case>`"},
@@ -62,6 +75,7 @@ class Deployment:
     def __post_init__(self) -> None:
         object.__setattr__(self, "worker_selector", parse_selector(self.worker_selector))
         object.__setattr__(self, "exporter_selector", parse_selector(self.exporter_selector))
+        object.__setattr__(self, "lag_exporter_selector", parse_selector(self.lag_exporter_selector))
         object.__setattr__(self, "grafana_url", self.grafana_url.rstrip("/"))
 
     @property
@@ -73,6 +87,10 @@ class Deployment:
     def exporters_up(self) -> str:
         """PromQL: the `up` series of every exporter target."""
         return f"up{{{self.exporter_selector}}}"
+
+    def lag_exporter(self, metric: str) -> str:
+        """PromQL: a metric of the lag exporter's targets."""
+        return f"{metric}{{{self.lag_exporter_selector}}}"
 
     def runbook(self, alert_name: str) -> str:
         return f"{self.runbook_url}#{alert_name.lower()}"

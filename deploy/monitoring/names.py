@@ -6,7 +6,8 @@ every generated PromQL expression must be known to one of them:
 
 - KPI gauges (the exporter, read from Redis): `stream.kpis.METRICS`;
 - worker operational metrics: the registry of `stream.worker.metrics.WorkerMetrics`;
-- the exporter's own health metrics (`stream/exporter/collector.py`, `KpiCollector.collect`).
+- the exporter's own health metrics (`stream/exporter/collector.py`, `KpiCollector.collect`);
+- the lag exporter's, read from the broker (`stream/kafka/lag_exporter.py`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from stream.worker.metrics import WorkerMetrics
 __all__ = [
     "EXPORTER_METRICS",
     "KPI_METRICS",
+    "LAG_EXPORTER_METRICS",
     "MetricSource",
     "UnknownMetricError",
     "exporter_metric",
     "kpi_metric",
+    "lag_exporter_metric",
     "metric_help",
     "metric_source",
     "metrics_in",
@@ -32,12 +35,19 @@ __all__ = [
     "worker_metric_help",
 ]
 
-MetricSource = Literal["kpi", "worker", "exporter"]
+MetricSource = Literal["kpi", "worker", "exporter", "lag_exporter"]
 
 KPI_METRICS = {m.name: m for m in METRICS}
 
 # Served by the exporter itself, beside the KPI gauges.
-EXPORTER_METRICS = frozenset({"crm_exporter_redis_up", "crm_exporter_scrape_seconds"})
+EXPORTER_METRICS = frozenset(
+    {"crm_exporter_redis_up", "crm_exporter_scrape_seconds", "crm_exporter_scrape_errors_total", "crm_kpi_build_info"}
+)
+
+# Served by `crm-kpi lag-exporter` (stream/kafka/lag_exporter.py), from the broker's offsets.
+LAG_EXPORTER_METRICS = frozenset(
+    {"crm_kafka_group_lag", "crm_kafka_group_committed_offset", "crm_kafka_partition_end_offset", "crm_kafka_broker_up"}
+)
 
 _CRM_METRIC_NAME = re.compile(r"\bcrm_[a-z0-9_]+\b")
 
@@ -72,7 +82,11 @@ def metric_source(name: str) -> MetricSource:
         return "worker"
     if name in EXPORTER_METRICS:
         return "exporter"
-    raise UnknownMetricError(f"{name} is not a metric of stream.kpis.METRICS, stream.worker.metrics or the exporter")
+    if name in LAG_EXPORTER_METRICS:
+        return "lag_exporter"
+    raise UnknownMetricError(
+        f"{name} is not a metric of stream.kpis.METRICS, stream.worker.metrics, the exporter or the lag exporter"
+    )
 
 
 def _checked(name: str, source: MetricSource) -> str:
@@ -89,6 +103,11 @@ def kpi_metric(name: str) -> str:
 def worker_metric(name: str) -> str:
     """A worker operational sample name, checked to be served by `stream.worker.metrics.WorkerMetrics`."""
     return _checked(name, "worker")
+
+
+def lag_exporter_metric(name: str) -> str:
+    """One of the lag exporter's metrics (the broker's view of the workers' group)."""
+    return _checked(name, "lag_exporter")
 
 
 def exporter_metric(name: str) -> str:

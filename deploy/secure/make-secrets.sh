@@ -8,7 +8,7 @@
 #   redis/redis.crt, redis/redis.key, redis/users.acl
 #                                      Redis's TLS certificate and its ACL users (hashed passwords)
 #   metrics/metrics.crt, metrics/metrics.key, metrics/web-config.yml
-#                                      both /metrics endpoints (names worker, exporter), basic auth
+#                                      the /metrics endpoints (names worker, exporter, lag-exporter), basic auth
 #   passwords/<name>                   one password per file: kafka-admin, kafka-worker,
 #                                      kafka-producer, redis-worker, redis-exporter, metrics
 #
@@ -64,11 +64,11 @@ cat >"$out/redis/users.acl" <<ACL
 user default off
 user healthcheck on nopass resetkeys resetchannels -@all +ping
 user crm-kpi-worker on #$(sha "$(password redis-worker)") resetkeys ~{crm}:* resetchannels -@all +evalsha +script|load +hmget +mget +get +set +hget +hset +hincrby +hdel +sadd +smismember +expireat +zadd +zrem +zremrangebyscore
-user crm-kpi-exporter on #$(sha "$(password redis-exporter)") resetkeys %R~{crm}:* resetchannels -@all +evalsha_ro +script|load +mget +hgetall +zcard +zcount +zrange +zrangebyscore
+user crm-kpi-exporter on #$(sha "$(password redis-exporter)") resetkeys %R~{crm}:* resetchannels -@all +evalsha_ro +script|load +mget +hget +hgetall +exists +zcard +zcount +zrange +zrangebyscore
 ACL
 
-# Both /metrics endpoints: TLS for the names Prometheus checks (server_name), basic auth with a bcrypt hash.
-issue "$out/metrics" metrics "DNS:worker,DNS:exporter,DNS:localhost,IP:127.0.0.1"
+# The /metrics endpoints: TLS for the names Prometheus checks (server_name), basic auth with a bcrypt hash.
+issue "$out/metrics" metrics "DNS:worker,DNS:exporter,DNS:lag-exporter,DNS:localhost,IP:127.0.0.1"
 metrics_password="$(password metrics)"
 if command -v htpasswd >/dev/null 2>&1; then
   hash="$(htpasswd -nbBC 12 prometheus "$metrics_password" | cut -d: -f2)"

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from stream.events.decode import REASONS as REASON_CHOICES
 from stream.security.redact import install_redaction, mask_url
 from stream.settings import Settings, SettingsError, load_settings
 
@@ -88,6 +89,7 @@ def _describe(exc: BaseException) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="crm-kpi-stream", prog_name="crm-kpi", message="%(prog)s %(version)s")
 def cli() -> None:
     """Streaming CRM KPIs: Kafka events in, Redis windows, Prometheus gauges out."""
 
@@ -113,6 +115,28 @@ def exporter(port: int | None) -> None:
         click.echo(
             f"crm-kpi: cannot listen on CRM_KPI_EXPORTER_HOST:CRM_KPI_EXPORTER_PORT="
             f"{settings.exporter_host}:{settings.exporter_port}: {exc.strerror or exc}",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@cli.command("lag-exporter")
+@click.option("--port", type=int, default=None, help="Overrides CRM_KPI_LAG_EXPORTER_PORT.")
+def lag_exporter(port: int | None) -> None:
+    """Serve the workers' consumer-group lag read from the broker on /metrics (CRM_KPI_LAG_EXPORTER_PORT, 9308)."""
+    import logging
+
+    from stream.kafka.lag_exporter import run_lag_exporter
+
+    settings = _settings(lag_exporter_port=port)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # one warning line per failed scrape is ours
+    try:
+        run_lag_exporter(settings)
+    except OSError as exc:
+        click.echo(
+            f"crm-kpi: cannot listen on CRM_KPI_EXPORTER_HOST:CRM_KPI_LAG_EXPORTER_PORT="
+            f"{settings.exporter_host}:{settings.lag_exporter_port}: {exc.strerror or exc}",
             err=True,
         )
         sys.exit(1)
@@ -248,7 +272,7 @@ def _check_topics(settings: Settings, topics: tuple[str, ...]) -> None:
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
 @_one_line_failures
 def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
-    """Validate every line of a JSON Lines FILE, then publish the events to their topics."""
+    """Validate every line of a JSON Lines FILE as the worker will, then publish the events to their topics."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -257,7 +281,7 @@ def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
 
     settings = _settings()
     console = Console(stderr=True)
-    good, bad = read_jsonl(file)
+    good, bad = read_jsonl(file, settings)
     for line in bad[:50]:
         console.print(f"[red]line {line.number}[/red]: {line.error}")
     if len(bad) > 50:
@@ -279,20 +303,27 @@ def publish(file: Path, skip_invalid: bool, rate: float | None) -> None:
     console.print(f"published {sent}, skipped {len(bad)} invalid, {sent / elapsed if elapsed else 0:,.0f} events/s")
 
 
+def _plain_output() -> bool:
+    """True when stdout is not a terminal: the read commands print tab-separated lines."""
+    return not sys.stdout.isatty()
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_one_line_failures
 def kpis(as_json: bool) -> None:
-    """Print the current KPIs (every window) as a table."""
+    """Print the current KPIs (every window) as a table; tab-separated lines when piped."""
     from rich.console import Console
 
     from stream.exporter.collector import snapshot, sync_redis
-    from stream.exporter.tables import kpi_rows, kpi_table
+    from stream.exporter.tables import kpi_rows, kpi_table, kpi_tsv
 
     settings = _settings()
     snap = snapshot(sync_redis(settings), settings)
     if as_json:
         click.echo(json.dumps(kpi_rows(snap), indent=2))
+    elif _plain_output():
+        click.echo("\n".join(kpi_tsv(snap)))
     else:
         Console().print(kpi_table(snap))
 
@@ -302,14 +333,14 @@ def kpis(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_one_line_failures
 def at_risk(top: int | None, as_json: bool) -> None:
-    """List the customers at churn risk with their points and reasons."""
+    """List the customers at churn risk with their points and reasons; tab-separated lines when piped."""
     import time
     from datetime import UTC, datetime
 
     from rich.console import Console
-    from rich.table import Table
 
     from stream.exporter.collector import sync_redis
+    from stream.exporter.tables import at_risk_table, at_risk_tsv
     from stream.store import Keys, read_at_risk
 
     settings = _settings()
@@ -318,16 +349,109 @@ def at_risk(top: int | None, as_json: bool) -> None:
         row["at_risk_until"] = datetime.fromtimestamp(row["at_risk_until"], UTC).isoformat().replace("+00:00", "Z")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"Customers at churn risk ({len(rows)})")
-    table.add_column("customer", style="cyan")
-    table.add_column("points", justify="right")
-    table.add_column("reasons")
-    table.add_column("at risk until (if nothing new)")
-    for row in rows:
-        why = ", ".join(f"{r['reason']} x{r['count']} ({r['points']})" for r in row["reasons"])
-        table.add_row(row["customer_id"], str(row["points"]), why, row["at_risk_until"])
-    Console().print(table)
+    elif _plain_output():
+        click.echo("\n".join(at_risk_tsv(rows)))
+    else:
+        Console().print(at_risk_table(rows))
+
+
+# --- dead letters ---------------------------------------------------------------
+
+
+def _dead_letter_filters(f: Any) -> Any:
+    f = click.option("--limit", type=int, default=None, help="Only the latest N matching records.")(f)
+    f = click.option(
+        "--since", default=None, help="Only records dead-lettered since: a duration ago (2h, 7d) or RFC 3339."
+    )(f)
+    f = click.option("--topic", "topics", multiple=True, help="Only records from this source topic (repeatable).")(f)
+    f = click.option("--reason", "reasons", multiple=True, type=click.Choice(REASON_CHOICES),
+                     help="Only records dead-lettered for this reason (repeatable).")(f)
+    return f
+
+
+def _since_ms(since: str | None) -> int | None:
+    import time
+
+    from stream.devtools.simulate import parse_start
+    from stream.settings import parse_duration
+
+    if since is None:
+        return None
+    try:
+        return int((time.time() - parse_duration(since)) * 1000)
+    except ValueError:
+        pass
+    try:
+        return int(parse_start(since).timestamp() * 1000)
+    except ValueError:
+        hint = f"{since!r}: use a duration (2h, 7d) or an RFC 3339 time"
+        raise click.BadParameter(hint, param_hint="--since") from None
+
+
+@cli.group("dead-letter")
+def dead_letter() -> None:
+    """Inspect the dead-letter topic and send records back to their source topic."""
+
+
+@dead_letter.command("list")
+@_dead_letter_filters
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one object per record).")
+@_one_line_failures
+def dead_letter_list(
+    reasons: tuple[str, ...], topics: tuple[str, ...], since: str | None, limit: int | None, as_json: bool
+) -> None:
+    """List dead letters: time, reason, source topic/partition/offset, detail; tab-separated when piped."""
+    from rich.console import Console
+
+    from stream.exporter.tables import dead_letter_table, dead_letter_tsv
+    from stream.kafka.dead_letter_topic import read_dead_letters
+
+    settings = _settings()
+    letters = asyncio.run(
+        read_dead_letters(settings, since_ms=_since_ms(since), reasons=reasons, source_topics=topics, limit=limit)
+    )
+    if as_json:
+        click.echo(json.dumps([d.as_json() for d in letters], indent=2))
+    elif _plain_output():
+        click.echo("\n".join(dead_letter_tsv(letters)))
+    else:
+        Console().print(dead_letter_table(letters, settings.dead_letter_topic))
+
+
+@dead_letter.command("replay")
+@_dead_letter_filters
+@click.option("--all", "everything", is_flag=True,
+              help="Send every matching record, also those the worker would still reject.")
+@click.option("--dry-run", is_flag=True, help="Say what would be sent; send nothing.")
+@_one_line_failures
+def dead_letter_replay(
+    reasons: tuple[str, ...], topics: tuple[str, ...], since: str | None, limit: int | None, everything: bool,
+    dry_run: bool,
+) -> None:
+    """Re-publish dead letters to their source topic: by default those the worker would accept now (fixed).
+
+    A record is fixed when the current settings and clock accept it: a relaxed limit, a
+    future_timestamp whose time has come. Replays of the same event within the dedupe
+    horizon are counted once.
+    """
+    from stream.kafka.dead_letter_topic import plan_replay, read_dead_letters, replay
+
+    settings = _settings()
+    letters = asyncio.run(
+        read_dead_letters(settings, since_ms=_since_ms(since), reasons=reasons, source_topics=topics, limit=limit)
+    )
+    plan = plan_replay(settings, letters, everything)
+    verb = "would send" if dry_run else "sending"
+    for letter in plan.send:
+        click.echo(f"{verb} {settings.dead_letter_topic}:{letter.partition}:{letter.offset} -> {letter.source_topic}"
+                   f" ({letter.reason})")
+    for letter, why in plan.keep:
+        click.echo(f"keeping {settings.dead_letter_topic}:{letter.partition}:{letter.offset}: still {why.reason}"
+                   f" ({why.detail})")
+    sent = 0 if dry_run else asyncio.run(replay(settings, plan.send))
+    summary = f"{len(plan.send)} to replay" if dry_run else f"replayed {sent}"
+    click.echo(f"{summary}, kept {len(plan.keep)} of {len(letters)} dead letter(s)"
+               + ("" if everything or not plan.keep else "; --all sends those too"), err=True)
 
 
 @cli.group()
@@ -353,25 +477,33 @@ def schemas_export(directory: Path, topic_prefix: str) -> None:
 # --- simulate -------------------------------------------------------------------
 
 
-_INCIDENTS = ("churn-spike", "slow-responses")  # stream.devtools.synthetic_crm.INCIDENTS (checked by a test)
-_INCIDENT_HELP = "Make alerts fire on purpose (repeatable): first answers ~6x slower, or churn ~10x."
+_INCIDENTS = ("churn-spike", "slow-responses")  # synthetic_crm.INCIDENTS (checked by a test)
+_INCIDENT_HELP = (
+    "Make alerts fire on purpose (repeatable), from 12 hours before the live edge: first answers 6x slower,"
+    " or churn 10x and NPS down."
+)
+_RATE_HELP = (
+    "Mean events per second of event time, reached by making every customer busier (load tests);"
+    " default: the realistic rate of --customers."
+)
 
 
 @cli.command()
-@click.option("--rate", type=float, default=50.0, show_default=True,
-              help="Mean events per second of event time (= wall time when live); follows a weekly profile.")
-@click.option("--customers", type=int, default=500, show_default=True, help="Initial customer population.")
+@click.option("--rate", type=float, default=None, help=_RATE_HELP)
+@click.option("--customers", type=int, default=20_000, show_default=True, help="Customers at the start.")
 @click.option("--duration", default=None, help="Stop after this much event time (90s, 15m, 2h, 7d).")
 @click.option("--events", type=int, default=None, help="Stop after this many events.")
 @click.option("--seed", type=int, default=None,
               help="Random seed (same seed and --start: same events); random if not given.")
 @click.option("--start", default=None, help="RFC 3339 event time of the first event (past: backfill). Default: now.")
 @click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
+@click.option("--incident-start", default=None,
+              help="RFC 3339 event time the incidents begin. Default: 12 hours before now, or --start if later.")
 @click.option("--core-only", is_flag=True, help="Only the core event types (leads, deals, tickets, surveys).")
 @_one_line_failures
 def simulate(
-    rate: float, customers: int, duration: str | None, events: int | None, seed: int | None,
-    start: str | None, incidents: tuple[str, ...], core_only: bool,
+    rate: float | None, customers: int, duration: str | None, events: int | None, seed: int | None,
+    start: str | None, incidents: tuple[str, ...], incident_start: str | None, core_only: bool,
 ) -> None:
     """Publish a realistic synthetic CRM event stream (until --duration/--events, or Ctrl-C).
 
@@ -379,22 +511,26 @@ def simulate(
     history (--start in the past) goes out at full speed, then the run continues live.
     """
     import random
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
     from rich.console import Console
 
     from stream.devtools.simulate import parse_start, run_cli
-    from stream.devtools.synthetic_crm import SimConfig
+    from stream.devtools.synthetic_crm import INCIDENT_LEAD_S, SimConfig, natural_rate
     from stream.kafka.topics import MissingTopicsError
     from stream.settings import parse_duration
 
     settings = _settings()
     try:
         duration_s = parse_duration(duration) if duration is not None else None
-        first = parse_start(start) if start is not None else datetime.now(UTC)
+        now = datetime.now(UTC)
+        first = parse_start(start) if start is not None else now
         config = SimConfig(
             seed=seed if seed is not None else random.SystemRandom().randrange(1_000_000),
             customers=customers, rate=rate, incidents=frozenset(incidents), catalog=not core_only,
+            incident_start=(
+                parse_start(incident_start) if incident_start else max(first, now - timedelta(seconds=INCIDENT_LEAD_S))
+            ),
         )
         if events is not None and events < 0:
             raise ValueError("--events must be >= 0")
@@ -403,7 +539,8 @@ def simulate(
     console = Console(stderr=True, soft_wrap=True)
     mode = "backfill from" if first.timestamp() < datetime.now(UTC).timestamp() - 1 else "live from"
     console.print(
-        f"simulate: seed {config.seed}, {customers} customers, rate {rate:g}/s, {mode} "
+        f"simulate: seed {config.seed}, {customers:,} customers, "
+        f"rate {rate if rate is not None else natural_rate(customers, not core_only):.3g}/s, {mode} "
         f"{first.strftime('%Y-%m-%dT%H:%M:%SZ')}"
         + (f", incidents {', '.join(sorted(incidents))}" if incidents else "")
         + f" -> {settings.topic('*')} on {settings.kafka_bootstrap_servers}"
@@ -425,10 +562,10 @@ def simulate(
 
 @cli.command()
 @click.option("--duration", default=None, help="Stop after this long (90s, 5m); default: until Ctrl-C.")
-@click.option("--rate", type=float, default=20.0, show_default=True, help="Simulator: mean events per second.")
-@click.option("--customers", type=int, default=500, show_default=True, help="Simulator: initial customers.")
+@click.option("--customers", type=int, default=20_000, show_default=True, help="Simulator: customers at the start.")
+@click.option("--rate", type=float, default=None, help=f"Simulator: {_RATE_HELP[0].lower()}{_RATE_HELP[1:]}")
 @click.option("--seed", type=int, default=None, help="Simulator seed; random if not given.")
-@click.option("--history", default="2h", show_default=True, help="Backfill this much simulated past first.")
+@click.option("--history", default="7d", show_default=True, help="Backfill this much simulated past first.")
 @click.option("--incident", "incidents", multiple=True, type=click.Choice(_INCIDENTS), help=_INCIDENT_HELP)
 @click.option("--worker-port", type=int, default=None, help="Worker /metrics port; free one if not given.")
 @click.option("--exporter-port", type=int, default=None, help="Exporter /metrics port; free one if not given.")
@@ -437,7 +574,7 @@ def simulate(
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="On exit, write pids, ports, URLs and KPI samples taken during the run to this file.")
 def demo(
-    duration: str | None, rate: float, customers: int, seed: int | None, history: str,
+    duration: str | None, customers: int, rate: float | None, seed: int | None, history: str,
     incidents: tuple[str, ...], worker_port: int | None, exporter_port: int | None, refresh: float,
     full: bool, json_out: Path | None,
 ) -> None:

@@ -76,14 +76,14 @@ def _field_type(prop: dict[str, Any]) -> str:
     """Short description of one JSON Schema property (nullable variants read as their type)."""
     options = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
     p = options[0]
+    if p.get("description") == "ISO 4217 currency code":
+        return "currency"
     if "enum" in p:
         return " \\| ".join(f"`{v}`" for v in p["enum"])
     if p.get("format") == "date-time":
         return "timestamp"
     if p.get("type") == "number":
         return "amount ≥ 0"
-    if p.get("pattern") == "^[A-Z]{3}$":
-        return "currency"
     if p.get("type") == "string":
         low, high = p.get("minLength", 0), p["maxLength"]
         if (low, high) == (1, 128):

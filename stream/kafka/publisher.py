@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas import TOPIC_FAMILY, validate_event_json
+from stream.events.decode import Rejection, decode
 from stream.kafka.clients import check_kafka, kafka_client_options
 from stream.settings import Settings
 
@@ -45,8 +46,17 @@ def message_key(event: Any) -> bytes:
     return str(getattr(event, "customer_id", None) or event.event_id).encode()
 
 
-def read_jsonl(path: Path) -> tuple[list[tuple[str, bytes, bytes]], list[BadLine]]:
-    """Validate every line: ([(type, key, raw bytes)], [bad lines]); blank lines are ignored."""
+def read_jsonl(
+    path: Path, settings: Settings, now_s: float | None = None
+) -> tuple[list[tuple[str, bytes, bytes]], list[BadLine]]:
+    """Validate every line: ([(type, key, raw bytes)], [bad lines]); blank lines are ignored.
+
+    A line passes only if the worker would accept it: the schema, and the worker's own
+    rules (`stream.events.decode`: size limit, `occurred_at` at most CRM_KPI_MAX_FUTURE_SKEW
+    ahead of `now_s`, default the clock), so nothing published here is dead-lettered there.
+    """
+    now_us = int((time.time() if now_s is None else now_s) * 1_000_000)
+    max_skew_us = int(settings.max_future_skew * 1_000_000)
     good: list[tuple[str, bytes, bytes]] = []
     bad: list[BadLine] = []
     with path.open("rb") as fh:
@@ -60,6 +70,10 @@ def read_jsonl(path: Path) -> tuple[list[tuple[str, bytes, bytes]], list[BadLine
                 first = exc.errors(include_url=False)[0]
                 where = ".".join(str(p) for p in first["loc"]) or "event"
                 bad.append(BadLine(number, f"{where}: {first['msg']}"))
+                continue
+            verdict = decode(raw, TOPIC_FAMILY[event.type], now_us, settings.max_event_bytes, max_skew_us)
+            if isinstance(verdict, Rejection):
+                bad.append(BadLine(number, f"{verdict.reason}: {verdict.detail}"))
                 continue
             good.append((event.type, message_key(event), raw))
     return good, bad

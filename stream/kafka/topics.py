@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stream.kafka.clients import KafkaAccessError, check_kafka, kafka_client_options, who
 from stream.settings import Settings
 
-__all__ = ["MissingTopicsError", "TopicsReport", "create_topics", "ensure_topics", "require_topics"]
+__all__ = ["MissingTopicsError", "TopicsReport", "create_topics", "ensure_topics", "partitions_of", "require_topics"]
 
 
 class MissingTopicsError(Exception):
@@ -100,3 +100,16 @@ async def require_topics(settings: Settings, names: Iterable[str] | None = None)
             f"topic(s) {', '.join(missing)} do not exist on {settings.kafka_bootstrap_servers}: "
             "run `crm-kpi topics create` (clients never create topics)"
         )
+
+
+async def partitions_of(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, list[int]]:
+    """{topic: its partition ids} from the brokers' metadata; topics that do not exist are left out.
+
+    (A consumer's own `partitions_for_topic` only knows topics it subscribed to or
+    fetched before; this asks the brokers.)
+    """
+    out: dict[str, list[int]] = {}
+    for topic in await admin.describe_topics(topics):
+        if topic.get("error_code", 0) == 0 and topic.get("partitions"):
+            out[topic["topic"]] = sorted(p["partition"] for p in topic["partitions"])
+    return out

@@ -1,7 +1,9 @@
 """Business-hours clock (docs/kpi-definitions.md): elapsed time counting only working hours. Pure.
 
-A `Schedule` is a time zone, weekly opening intervals in local wall-clock time
-and holiday dates (local). `business_seconds(start_us, end_us, schedule)` sums
+A `Schedule` is a time zone, weekly opening intervals in local wall-clock time,
+holiday dates (local) and public-holiday calendars by country and region
+("DE-BY", "US-CA", "FR"), from the maintained `holidays` package, computed
+for whichever years the events fall in. `business_seconds(start_us, end_us, schedule)` sums
 the overlap of [start, end] with the opening intervals, day by day in the
 schedule's zone, so DST changes and UTC offsets are handled by `zoneinfo`: an
 interval from 09:00 to 17:00 local lasts 8 h of real time on a DST day too,
@@ -16,15 +18,17 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
-__all__ = ["DAYS", "Schedule", "business_seconds", "parse_hours"]
+__all__ = ["DAYS", "Calendar", "Schedule", "business_seconds", "is_holiday", "parse_calendar", "parse_hours"]
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _US = 1_000_000
 _RANGE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
 Intervals = tuple[tuple[int, int], ...]  # (start, end) seconds of the local day, end <= 86400
+Calendar = tuple[str, str | None]  # (country code, region code or None), as the `holidays` package names them
 
 
 def _default_week() -> tuple[Intervals, ...]:
@@ -34,11 +38,40 @@ def _default_week() -> tuple[Intervals, ...]:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Weekly opening hours (Monday first) in `tz`, and closed dates."""
+    """Weekly opening hours (Monday first) in `tz`, closed dates, and public-holiday calendars."""
 
     tz: str = "UTC"
     week: tuple[Intervals, ...] = field(default_factory=_default_week)
     holidays: frozenset[date] = frozenset()
+    calendars: tuple[Calendar, ...] = ()
+
+
+@lru_cache(maxsize=64)
+def _calendar(country: str, region: str | None) -> Any:
+    import holidays
+
+    return holidays.country_holidays(country, subdiv=region)
+
+
+def parse_calendar(text: str) -> Calendar:
+    """'DE-BY' -> ('DE', 'BY'), 'FR' -> ('FR', None); ValueError naming what the package knows otherwise."""
+    import holidays
+
+    country, _, region = text.strip().upper().partition("-")
+    supported = holidays.list_supported_countries()
+    if country not in supported:
+        raise ValueError(f"unknown holiday calendar {text!r}: not a country code of the holidays package (e.g. DE, US)")
+    if region and region not in supported[country]:
+        known = ", ".join(supported[country][:12])
+        raise ValueError(
+            f"unknown region {region!r} of {country} (known: {known}{', ...' if len(supported[country]) > 12 else ''})"
+        )
+    return country, region or None
+
+
+def is_holiday(day: date, schedule: Schedule) -> bool:
+    """Whether a local date is closed: an explicit holiday or one of a calendar's."""
+    return day in schedule.holidays or any(day in _calendar(c, r) for c, r in schedule.calendars)
 
 
 def _day_index(name: str) -> int:
@@ -96,7 +129,7 @@ def _local_us(day: date, second: int, zone: ZoneInfo) -> int:
 @lru_cache(maxsize=4096)
 def _opening(day: date, schedule: Schedule) -> tuple[tuple[int, int], ...]:
     """A local day's opening intervals as (start, end) µs since the epoch."""
-    if day in schedule.holidays:
+    if is_holiday(day, schedule):
         return ()
     zone = ZoneInfo(schedule.tz)
     return tuple((_local_us(day, lo, zone), _local_us(day, hi, zone)) for lo, hi in schedule.week[day.weekday()])

@@ -9,7 +9,7 @@ a retracted sample removed. Zero and negative values share the bucket ZERO.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = ["ALPHA", "ZERO", "bucket_index", "bucket_value", "quantile"]
 
@@ -39,10 +39,19 @@ def quantile(counts: Mapping[int, int], q: float) -> float | None:
     Interpolates linearly between closest ranks (Hyndman–Fan type 7, numpy's
     default), so the result is within ALPHA of that estimator on the raw samples.
     """
+    return quantiles(counts, (q,))[0]
+
+
+def quantiles(counts: Mapping[int, int], qs: Sequence[float]) -> list[float | None]:
+    """`quantile` for each of `qs`, sorting the sketch once; Nones when it is empty."""
     items = sorted((i, c) for i, c in counts.items() if c > 0)
     n = sum(c for _, c in items)
     if n == 0:
-        return None
+        return [None] * len(qs)
+    return [_ranked(items, n, q) for q in qs]
+
+
+def _ranked(items: list[tuple[int, int]], n: int, q: float) -> float:
     h = (n - 1) * q
     lo_rank = math.floor(h)
     hi_rank = min(lo_rank + 1, n - 1)

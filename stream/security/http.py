@@ -1,8 +1,8 @@
 """The two /metrics servers: the worker's (aiohttp, on Faust's event loop) and the exporter's (threads).
 
-Both serve exactly two paths: `/metrics` (behind basic auth when the web configuration
-has users) and `/-/healthy` (no authentication, no detail: 200 "OK" or 503 "unhealthy",
-for container health checks). Anything else is 404. TLS and users come from
+Both serve `/metrics` (behind basic auth when the web configuration has users) and
+`/-/healthy` (no authentication, no detail: 200 "OK" or 503 "unhealthy", for container
+health checks); the worker adds `/health` (stream/worker/app.py). Anything else is 404. TLS and users come from
 CRM_KPI_WEB_CONFIG_FILE (`stream.security.webconfig`).
 """
 

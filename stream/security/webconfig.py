@@ -1,4 +1,4 @@
-"""`CRM_KPI_WEB_CONFIG_FILE`: TLS and basic auth for both /metrics endpoints.
+"""`CRM_KPI_WEB_CONFIG_FILE`: TLS and basic auth for every /metrics endpoint (worker, exporter, lag exporter).
 
 The file uses the Prometheus exporter-toolkit web configuration format, so one file
 serves this project and any other exporter:

@@ -5,7 +5,17 @@ every key and counter name they touch as arguments.
 """
 
 from stream.store.keys import Keys
-from stream.store.reader import Snapshot, read_at_risk, read_snapshot
+from stream.store.reader import ReadCache, Snapshot, read_at_risk, read_snapshot
 from stream.store.writer import ApplyOutcome, AsyncStore, LogMark, event_digest
 
-__all__ = ["ApplyOutcome", "AsyncStore", "Keys", "LogMark", "Snapshot", "event_digest", "read_at_risk", "read_snapshot"]
+__all__ = [
+    "ApplyOutcome",
+    "AsyncStore",
+    "Keys",
+    "LogMark",
+    "ReadCache",
+    "Snapshot",
+    "event_digest",
+    "read_at_risk",
+    "read_snapshot",
+]

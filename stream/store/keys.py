@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys"]
+__all__ = ["BUCKET_TOKEN_FIELD", "Keys"]
+
+BUCKET_TOKEN_FIELD = "~v"
+"""Field of every window bucket hash holding the token of the batch that last wrote it.
+
+A new token per batch (never a counter, which a restored Redis could repeat), so the
+exporter can keep the buckets it summed and re-read only those whose token changed.
+No counter code contains `~`.
+"""
 
 
 @dataclass(frozen=True)

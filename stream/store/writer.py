@@ -8,7 +8,9 @@ sets and the entity states read, then writes the whole delta.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import redis.asyncio as aioredis
 
 from stream.events.fold import BatchDelta
 from stream.kpis import UNPRUNED_SORTED_SETS
-from stream.store.keys import Keys
+from stream.store.keys import BUCKET_TOKEN_FIELD, Keys
 
 __all__ = ["ApplyOutcome", "AsyncStore", "LogMark", "as_text", "dedupe_slots", "event_digest", "lua_script"]
 
@@ -199,6 +201,7 @@ class AsyncStore:
         zsets = sorted({z for z, _ in delta.zadd} - UNPRUNED_SORTED_SETS)
         return orjson.dumps(
             {
+                "token": [BUCKET_TOKEN_FIELD, _batch_token()],
                 "entities": entities,
                 "buckets": buckets,
                 "distinct": distinct,
@@ -208,6 +211,14 @@ class AsyncStore:
                 "prune": [[keys.zset(z), repr(now_s - self.state_ttl_s)] for z in zsets],
             }
         )
+
+
+_TOKENS = itertools.count()
+
+
+def _batch_token() -> str:
+    """Unique per batch across processes and restarts: time (ns), pid, a counter."""
+    return f"{time.time_ns():x}.{os.getpid():x}.{next(_TOKENS):x}"
 
 
 _LUA_EXACT = 2**53

@@ -3,9 +3,10 @@
 Faust's own Kafka consumer and producer are switched off (its per-message
 stream machinery costs ~250 µs/record); Faust keeps the worker lifecycle,
 signal handling and clean shutdown. Its web pages (`/`, `/router/`, `/table/`) are
-replaced by a server of our own that serves only `/metrics` and `/-/healthy`, on
+replaced by a server of our own that serves only `/metrics`, `/-/healthy` (Kafka and
+Redis usable) and `/health` (not stuck behind), on
 CRM_KPI_WORKER_HOST:CRM_KPI_WORKER_PORT, with the TLS and basic auth of
-CRM_KPI_WEB_CONFIG_FILE (docs/security.md).
+CRM_KPI_WEB_CONFIG_FILE (docs/security.md) on `/metrics`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -43,13 +45,26 @@ class _App(faust.App):
     BootStrategy = _Boot
 
 
-class MetricsWeb(Service):
-    """The worker's HTTP(S) server: /metrics and /-/healthy only (started before the consumer)."""
+Progress = Callable[[], tuple[bool, dict[str, Any]]]
+"""(ok, detail) of the worker's progress: `BatchConsumer.health`."""
 
-    def __init__(self, settings: Settings, config: WebConfig, metrics: WorkerMetrics, **kwargs: Any) -> None:
+
+class MetricsWeb(Service):
+    """The worker's HTTP(S) server: /metrics, /-/healthy and /health only (started before the consumer).
+
+    `/-/healthy` answers 503 while Kafka or Redis cannot be used (plain text, no detail);
+    `/health` answers 503 while records wait and no batch was applied for
+    CRM_KPI_WORKER_STALL_TIMEOUT (JSON: status, lag, seconds_since_progress). Neither asks
+    for basic auth: container probes read them.
+    """
+
+    def __init__(
+        self, settings: Settings, config: WebConfig, metrics: WorkerMetrics, progress: Progress, **kwargs: Any
+    ) -> None:
         self.settings = settings
         self.config = config
         self.metrics = metrics
+        self.progress = progress
         self._runner: Any = None
         super().__init__(**kwargs)
 
@@ -62,6 +77,12 @@ class MetricsWeb(Service):
 
         health = self.metrics.health
         app = aiohttp_metrics_app(self.config, lambda: generate_latest(self.metrics.registry), lambda: health.healthy)
+
+        async def progress(request: web.Request) -> web.StreamResponse:
+            ok, detail = self.progress()
+            return web.json_response(detail, status=200 if ok else 503)
+
+        app.router.add_get("/health", progress)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(
@@ -77,7 +98,7 @@ class MetricsWeb(Service):
 
 
 def create_app(settings: Settings) -> tuple[Any, BatchConsumer]:
-    """The Faust app with the batch consumer attached and /metrics on the worker port."""
+    """The Faust app with the batch consumer attached and /metrics, /-/healthy, /health on the worker port."""
     app = _App(
         "crm-kpi-worker",
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -86,8 +107,8 @@ def create_app(settings: Settings) -> tuple[Any, BatchConsumer]:
         autodiscover=False,
     )
     metrics = WorkerMetrics()
-    app.web_server(MetricsWeb(settings, load_web_config(settings.web_config_file), metrics))
     service = BatchConsumer(settings, metrics, loop=None)
+    app.web_server(MetricsWeb(settings, load_web_config(settings.web_config_file), metrics, service.health))
     app.service(service)  # type: ignore[arg-type]  # faust accepts instances too
     return app, service
 

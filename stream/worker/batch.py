@@ -96,6 +96,7 @@ class Prepared:
     in_batch_duplicates: int
     entity_keys: list[str]
     seconds: float
+    newest: dict[str, int]  # partition field -> newest occurred_at (µs) of its valid records
 
 
 class BatchProcessor:
@@ -158,12 +159,14 @@ class BatchProcessor:
         valid: list[tuple[Any, int]] = []
         rejected: list[tuple[Any, Rejection]] = []
         ranges: list[tuple[str, int, int, str]] = []
+        newest: dict[str, int] = {}
         max_bytes = self.settings.max_event_bytes
         for tp, records in batch.items():
             field = offset_field(tp.topic, tp.partition)
             floor = expected.get(field, -1)
             family = self._family[tp.topic]
             last = -1
+            top = -1
             for rec in records:
                 if rec.offset < floor:
                     continue
@@ -171,6 +174,8 @@ class BatchProcessor:
                 out = decode(rec.value, family, now_us, max_bytes, self._max_skew_us)
                 if type(out) is tuple:
                     valid.append(out)
+                    if out[1] > top:
+                        top = out[1]
                 else:
                     rejected.append((rec, out))  # type: ignore[arg-type]
             # Per partition, not per record: where the batch starts and ends, and its last record.
@@ -181,6 +186,8 @@ class BatchProcessor:
                     ranges.append((field, max(start, floor), end, mark))
             elif last >= 0:
                 ranges.append((field, floor if floor >= 0 else records[0].offset, last + 1, mark))
+            if top >= 0:
+                newest[field] = top
         digests: list[bytes] = []
         unique: list[tuple[Any, int]] = []
         index: set[bytes] = set()
@@ -192,7 +199,7 @@ class BatchProcessor:
                 unique.append((ev, t_us))
         ent_keys = entity_keys([ev for ev, _ in unique], self._context(time.time()))
         return Prepared(
-            ranges, unique, digests, rejected, len(valid) - len(unique), ent_keys, time.perf_counter() - started
+            ranges, unique, digests, rejected, len(valid) - len(unique), ent_keys, time.perf_counter() - started, newest
         )
 
     async def apply(
@@ -254,10 +261,7 @@ class BatchProcessor:
         if rejected:
             for reason, n in Counter(r.reason for _, r in rejected).items():
                 m.invalid.labels(reason).inc(n)
-        if delta.newest_us is not None:
-            newest = delta.newest_us / 1e6
-            if m.newest_event_s is None or newest > m.newest_event_s:
-                m.newest_event_s = newest
+        m.applied(prep.newest)
         m.batch_seconds.observe(prep.seconds + time.perf_counter() - started)
         return {field: new for field, _, new in offsets}
 

@@ -17,6 +17,7 @@ import asyncio
 import gc
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -123,6 +124,7 @@ class BatchConsumer(Service):
         self._inflight: tuple[asyncio.Future[dict[str, int]], list[TopicPartition]] | None = None
         self.batches = 0
         self.resyncs = 0
+        self.last_progress = time.monotonic()  # when a batch was last applied (or the worker started)
         self._gc_ticks = 0
         super().__init__(**kwargs)
 
@@ -351,6 +353,7 @@ class BatchConsumer(Service):
                 self._generation += 1  # the assignment is about to change; on_assigned seeks every partition
             return False
         self._expected.update(applied)
+        self.last_progress = time.monotonic()
         for tp in partitions:
             field = offset_field(tp.topic, tp.partition)
             if field in applied:
@@ -392,6 +395,11 @@ class BatchConsumer(Service):
             log.warning("offset commit failed (%s); Redis offsets remain authoritative", exc)
             for tp, off in pending.items():
                 self._to_commit.setdefault(tp, off)
+        else:
+            owned = self._consumer.assignment()
+            for tp, off in pending.items():
+                if tp in owned:
+                    self.metrics.committed[(tp.topic, tp.partition)] = off
 
     @Service.timer(_REDIS_CHECK_S)
     async def _watch_redis(self) -> None:
@@ -444,6 +452,7 @@ class BatchConsumer(Service):
                 self._blocked.pop(tp, None)
                 self.metrics.log_mismatch.pop((tp.topic, tp.partition), None)
                 self.metrics.history_gaps.pop((tp.topic, tp.partition), None)
+            self.metrics.released((tp.topic, tp.partition) for tp in revoked)
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Resume each new partition where Redis says it was applied up to (after checking its log)."""
@@ -634,6 +643,18 @@ class BatchConsumer(Service):
                 log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2) * (0.8 + 0.4 * random.random())
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy unless records wait (lag > 0) while no batch was applied for `worker_stall_timeout`.
+
+        A worker that is caught up stays healthy however long the topics are quiet;
+        one stuck behind (Redis gone, a wedged loop, a poison batch) turns unhealthy,
+        which the compose healthcheck and a Kubernetes liveness probe read on /health.
+        """
+        lag = sum(self._lag().values())
+        idle = time.monotonic() - self.last_progress
+        ok = lag == 0 or idle < self.settings.worker_stall_timeout
+        return ok, {"status": "ok" if ok else "stalled", "lag": lag, "seconds_since_progress": round(idle, 1)}
 
     def _lag(self) -> dict[tuple[str, int], int]:
         consumer = self._consumer

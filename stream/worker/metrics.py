@@ -7,12 +7,13 @@ label look-ups on the hot path.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.build_info import build_info
 from stream.events.decode import REASONS
 from stream.worker.health import Health
 
@@ -68,6 +69,44 @@ class _PartitionStateCollector(Collector):
         yield gap
 
 
+class _StateCollector(Collector):
+    """Series read from the worker's state at scrape time: per-partition progress, event lag, build info.
+
+    Per partition this worker owns: the offset it last committed to Kafka (what
+    Kafka's group lag and kafka_exporter-style tools measure against) and the
+    newest `occurred_at` applied from it, as a unix timestamp - so a partition
+    that never had an event has no series rather than a misleading 0.
+    `crm_event_lag_seconds` likewise appears with the first event.
+    """
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        m = self._metrics
+        committed = GaugeMetricFamily(
+            "crm_kafka_committed_offset",
+            "Next offset this worker committed to Kafka for the partition (records before it are applied).",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), offset in sorted(m.committed.items()):
+            committed.add_metric([topic, str(partition)], offset)
+        yield committed
+        newest = GaugeMetricFamily(
+            "crm_kafka_newest_event_timestamp_seconds",
+            "Unix time of the newest occurred_at applied from the partition by this worker.",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), at in sorted(m.newest_by_partition.items()):
+            newest.add_metric([topic, str(partition)], at)
+        yield newest
+        lag = GaugeMetricFamily("crm_event_lag_seconds", "Now - newest occurred_at seen by this worker.")
+        if m.newest_event_s is not None:
+            lag.add_metric([], time.time() - m.newest_event_s)
+        yield lag
+        yield build_info()
+
+
 class WorkerMetrics:
     """Counters, gauges and histogram of one worker process."""
 
@@ -109,11 +148,29 @@ class WorkerMetrics:
         self.gap_horizon_s = 30 * 86400.0  # the longest window: a gap older than it no longer shows
         r.register(_PartitionStateCollector(self))
         self.newest_event_s: float | None = None
-        lag = Gauge("crm_event_lag_seconds", "Now - newest occurred_at seen by this worker.", registry=r)
-        lag.set_function(lambda: time.time() - self.newest_event_s if self.newest_event_s else 0.0)
+        self.newest_by_partition: dict[tuple[str, int], float] = {}
+        self.committed: dict[tuple[str, int], int] = {}
+        r.register(_StateCollector(self))
         for reason in REASONS:  # zero series exist from the start, so rate() works at once
             self.invalid.labels(reason)
         self.health = Health(r)
+
+    def applied(self, newest_us: Mapping[str, int]) -> None:
+        """Record the newest occurred_at (µs) applied per partition field 'topic:partition'."""
+        for field, t_us in newest_us.items():
+            topic, _, partition = field.rpartition(":")
+            key = (topic, int(partition))
+            at = t_us / 1e6
+            if at > self.newest_by_partition.get(key, float("-inf")):
+                self.newest_by_partition[key] = at
+            if self.newest_event_s is None or at > self.newest_event_s:
+                self.newest_event_s = at
+
+    def released(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Forget partitions this worker no longer owns (their series go with them)."""
+        for key in partitions:
+            self.committed.pop(key, None)
+            self.newest_by_partition.pop(key, None)
 
     def watch_lag(self, source: LagSource) -> None:
         """Export per-partition consumer lag computed by `source` at scrape time."""

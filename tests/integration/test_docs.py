@@ -122,6 +122,7 @@ def _operational_metric_names() -> set[str]:
     import redis
 
     from stream.exporter import KpiCollector
+    from stream.kafka.lag_exporter import LagCollector
     from stream.settings import load_settings
     from stream.worker.metrics import WorkerMetrics
 
@@ -130,7 +131,11 @@ def _operational_metric_names() -> set[str]:
     names = {f.name + ("_total" if f.type == "counter" else "") for f in worker.registry.collect()}
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
     kpi = {m.name for m in METRICS}
-    names |= {f.name for f in KpiCollector(unreachable, load_settings()).collect()} - kpi
+    names |= {
+        f.name + ("_total" if f.type == "counter" else "") for f in KpiCollector(unreachable, load_settings()).collect()
+    } - kpi
+    lag = LagCollector(load_settings(kafka_bootstrap_servers="127.0.0.1:1"), timeout_s=1)
+    names |= {f.name for f in lag.collect()}
     return names
 
 
@@ -164,7 +169,7 @@ def _commands() -> dict[str, list[str]]:
 def test_configuration_page_covers_every_command_option_and_setting() -> None:
     text = _text(ROOT / "docs" / "configuration.md")
     commands = _commands()
-    assert len(commands) == 11
+    assert len(commands) == 14
     for command, options in commands.items():
         assert f"### `{command}`" in text, command
         section = text.split(f"### `{command}`", 1)[1].split("\n#", 1)[0]

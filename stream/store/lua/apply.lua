@@ -74,17 +74,22 @@ for _, e in ipairs(delta.entities) do
   end
 end
 
+-- Each bucket written gets this batch's token (a field), so readers can tell it changed.
+local token = delta.token
 for _, b in ipairs(delta.buckets) do
   -- b = {key, expire_at, {field = increment}}
   for name, by in pairs(b[3]) do redis.call('HINCRBY', b[1], name, int(by)) end
+  if token then redis.call('HSET', b[1], token[1], token[2]) end
   redis.call('EXPIREAT', b[1], int(b[2]))
 end
 
 -- Exact distinct counts: member -> count per window bucket; a member at 0 is removed.
+-- The batch token marks these hashes too (readers skip that field when counting members).
 for _, d in ipairs(delta.distinct) do
   for member, by in pairs(d[3]) do
     if redis.call('HINCRBY', d[1], member, int(by)) <= 0 then redis.call('HDEL', d[1], member) end
   end
+  if token then redis.call('HSET', d[1], token[1], token[2]) end
   redis.call('EXPIREAT', d[1], int(d[2]))
 end
 

@@ -1,60 +1,63 @@
--- Read every window's summed counters and the current state in one call.
--- ARGV: n_windows, then per window (bucket key prefix, distinct key prefix, first bucket,
---       last bucket); the distinct and repeated answer codes; n_distinct, distinct names;
---       current hash key; n_zsets, then per zset (key, score threshold).
--- Returns {window sums..., current hash, zset stats...}; sums as flat field/value lists,
--- each ending with '<distinct code>|<name>' (distinct members) and '<repeated code>|<name>'
--- (members counted >= 2); the codes come from stream/kpis/registry.py (DistinctCount).
+-- Read what changed in every window since the caller's last read, and the current state, in one call.
+-- ARGV: the token field; n_windows, then per window: bucket key prefix, distinct key prefix,
+--       first bucket, last bucket, then the held list of its buckets and one held list per
+--       distinct name (n_names, then per name: name, held list);
+--       a held list is n, then n (bucket, token) pairs the caller already holds;
+--       then the current hash key; n_zsets, then per zset (key, score threshold).
+-- Returns {per window {buckets, distinct_1, ..., distinct_n}..., current hash, zset stats...},
+-- each of buckets / distinct_j being {fetched, gone}:
+--   fetched: flat {bucket, token, {field, value, ...}, ...} for every hash in [first, last] whose
+--            token differs from the caller's (all for a caller holding none; token '' for a hash
+--            written before tokens existed: always fetched); the token field itself is included;
+--   gone:    buckets the caller holds whose hash no longer exists.
+-- Summing is the caller's (stream/store/reader.py): it keeps each window's sums and distinct
+-- members and applies only what changed, so a scrape costs what changed, not the whole window.
 local argv, i = ARGV, 0
 local function nxt() i = i + 1; return argv[i] end
 local function num() i = i + 1; return tonumber(argv[i]) end
+local function held_list()
+  local held = {}
+  for _ = 1, num() do
+    local k = nxt()
+    held[k] = nxt()
+  end
+  return held
+end
+
+local token_field = nxt()
+
+local function changes(key_of, first, last, held)
+  local fetched, gone = {}, {}
+  for k = first, last do
+    local key = key_of(k)
+    local ks = tostring(k)
+    local token = redis.call('HGET', key, token_field)
+    if not token and redis.call('EXISTS', key) == 1 then token = '' end
+    if token then
+      if token == '' or held[ks] ~= token then
+        fetched[#fetched + 1] = ks
+        fetched[#fetched + 1] = token
+        fetched[#fetched + 1] = redis.call('HGETALL', key)
+      end
+    elseif held[ks] then
+      gone[#gone + 1] = ks
+    end
+  end
+  return {fetched, gone}
+end
 
 local out = {}
 local n_windows = num()
-local specs = {}
-for w = 1, n_windows do
+for _ = 1, n_windows do
   local prefix, dprefix = nxt(), nxt()
   local first, last = num(), num()
-  specs[w] = {prefix, dprefix, first, last}
-end
-local distinct_code, repeated_code = nxt(), nxt()
-local n_names = num()
-local names = {}
-for j = 1, n_names do names[j] = nxt() end
-for w = 1, n_windows do
-  local prefix, dprefix, first, last = specs[w][1], specs[w][2], specs[w][3], specs[w][4]
-  local sums, order = {}, {}
-  for k = first, last do
-    local flat = redis.call('HGETALL', prefix .. k)
-    for j = 1, #flat, 2 do
-      local f = flat[j]
-      local v = tonumber(flat[j + 1])
-      if sums[f] == nil then sums[f] = v; order[#order + 1] = f else sums[f] = sums[f] + v end
-    end
+  local window = {changes(function(k) return prefix .. k end, first, last, held_list())}
+  for _ = 1, num() do
+    local name = nxt()
+    local suffix = ':' .. name
+    window[#window + 1] = changes(function(k) return dprefix .. k .. suffix end, first, last, held_list())
   end
-  local flat = {}
-  for _, f in ipairs(order) do
-    flat[#flat + 1] = f
-    -- Integer sums beyond 2^53 lose nothing that a float64 gauge would keep.
-    flat[#flat + 1] = string.format('%.17g', sums[f])
-  end
-  for _, name in ipairs(names) do
-    local counts, distinct, repeated = {}, 0, 0
-    for k = first, last do
-      local members = redis.call('HGETALL', dprefix .. k .. ':' .. name)
-      for j = 1, #members, 2 do
-        local m = members[j]
-        counts[m] = (counts[m] or 0) + tonumber(members[j + 1])
-      end
-    end
-    for _, c in pairs(counts) do
-      if c >= 1 then distinct = distinct + 1 end
-      if c >= 2 then repeated = repeated + 1 end
-    end
-    flat[#flat + 1] = distinct_code .. '|' .. name; flat[#flat + 1] = tostring(distinct)
-    flat[#flat + 1] = repeated_code .. '|' .. name; flat[#flat + 1] = tostring(repeated)
-  end
-  out[#out + 1] = flat
+  out[#out + 1] = window
 end
 
 out[#out + 1] = redis.call('HGETALL', nxt())

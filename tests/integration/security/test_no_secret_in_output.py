@@ -71,7 +71,10 @@ async def test_no_command_prints_a_secret_at_debug_level(
     jsonl = tmp_path / "events.jsonl"
     jsonl.write_text("".join(json.dumps(e) + "\n" for e in published))
     runs["publish (oauth)"] = crm_kpi(oauth, "publish", str(jsonl))
-    runs["simulate (oauth)"] = crm_kpi(oauth, "simulate", "--events", "50", "--seed", "2", "--core-only")
+    # A backfill (--start in the past) publishes at full speed; live, 50 events of the default world take minutes.
+    runs["simulate (oauth)"] = crm_kpi(
+        oauth, "simulate", "--events", "50", "--seed", "2", "--core-only", "--start", "2026-01-05T09:00:00Z"
+    )
     for name in ("publish (oauth)", "simulate (oauth)"):
         run = runs[name]
         assert isinstance(run, Run) and run.code == 0, run

@@ -27,8 +27,8 @@ WORKER_ACL = (
     "+get +set +hget +hset +hincrby +hdel +sadd +smismember +expireat +zadd +zrem +zremrangebyscore"
 )
 EXPORTER_ACL = (
-    "resetkeys %R~{crm}:* resetchannels -@all +evalsha_ro +script|load +mget +hgetall +zcard +zcount +zrange "
-    "+zrangebyscore"
+    "resetkeys %R~{crm}:* resetchannels -@all +evalsha_ro +script|load +mget +hget +hgetall +exists +zcard +zcount "
+    "+zrange +zrangebyscore"
 )
 LEADS_CREATED = events_of("lead.created")
 

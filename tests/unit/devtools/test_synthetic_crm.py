@@ -1,4 +1,5 @@
-"""The synthetic event generator (stream/devtools/synthetic_crm.py): determinism, validity, mix, order."""
+"""The synthetic event generator (stream/devtools/synthetic_crm/): determinism, validity, mix, time order,
+per-customer realism, incidents."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from typing import Any
 import pytest
 
 import schemas
-from stream.devtools.synthetic_crm import SLA_SECONDS, SimConfig, generate
+from stream.devtools.synthetic_crm import (
+    SLA_SECONDS,
+    SLOW_RESPONSE_FACTOR,
+    SimConfig,
+    agents_for,
+    generate,
+    natural_rate,
+)
 
 START = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)  # a Monday morning
 
@@ -126,7 +134,7 @@ def test_envelope_fields_and_formats(two_weeks: list[dict[str, Any]]) -> None:
         elif event["type"] != "activity.logged":
             assert event["customer_id"]
         if event["type"] == "activity.logged":
-            assert event["user_id"] in {f"u{i}" for i in range(1, 21)}
+            assert event["user_id"] in {f"u{i}" for i in range(1, 6)}  # 800 customers: 5 CRM users
 
 
 def test_follow_ups_come_after_what_they_follow(two_weeks: list[dict[str, Any]]) -> None:
@@ -160,7 +168,7 @@ def test_type_mix_of_ten_thousand_events(ten_thousand: list[dict[str, Any]]) -> 
     assert {"lead", "deal", "ticket", "survey"} <= families
     tickets = sum(n for t, n in counts.items() if t.startswith("ticket."))
     assert tickets >= 1000
-    assert counts["customer.acquired"] == 500  # the imported population
+    assert sum(1 for e in ten_thousand if e["type"] == "customer.acquired" and _at(e) < START) == 500  # the base
     lead_sources = Counter(e.get("lead_source", "unknown") for e in ten_thousand if e["type"] == "lead.created")
     assert {"web", "referral", "ads", "event", "partner", "email", "social"} <= set(lead_sources)
     assert set(lead_sources) - {"web", "referral", "ads", "event", "partner", "email", "social"}  # unusual ones too
@@ -185,7 +193,11 @@ def test_events_are_in_time_order_and_within_bounds(
     for events in (ten_thousand, two_weeks):
         times = [_at(e) for e in events]
         assert times == sorted(times)
-        assert times[0] == START
+        # The customer base comes first, dated at its sign-ups; everything else from START on.
+        imported = [e for e in events if _at(e) < START]
+        assert imported and {e["type"] for e in imported} == {"customer.acquired"}
+        assert _at(imported[0]) >= START - timedelta(days=4 * 365)
+        assert _at(events[len(imported)]) >= START
     assert len(ten_thousand) == 10_000
     assert _at(two_weeks[-1]) <= START + timedelta(days=14)
     assert _at(two_weeks[-1]) > START + timedelta(days=13)
@@ -217,7 +229,7 @@ def test_rate_and_seasonality(two_weeks: list[dict[str, Any]]) -> None:
 
 def test_weekly_profile_is_the_one_the_readme_states() -> None:
     # README: "2.2–2.9x in weekday business hours UTC, 0.15–0.2x at night, 0.15–0.55x on weekends".
-    from stream.devtools.synthetic_crm import _PROFILE
+    from stream.devtools.synthetic_crm.world import PROFILE as _PROFILE
 
     assert len(_PROFILE) == 168 and abs(sum(_PROFILE) / 168 - 1) < 1e-12
     business = [_PROFILE[d * 24 + h] for d in range(5) for h in range(9, 17)]
@@ -264,20 +276,6 @@ def test_first_responses_mostly_within_sla(two_weeks: list[dict[str, Any]]) -> N
 # --- incidents -----------------------------------------------------------------
 
 
-def test_slow_responses_raise_the_median_first_response() -> None:
-    config = SimConfig(seed=21, rate=0.05)
-    cutoff = START + timedelta(days=1)  # answers of these tickets are all in by the end (2.3+ days)
-    base = _first_responses(_run(config, count=10_000), cutoff)
-    slow = _first_responses(
-        _run(SimConfig(seed=21, rate=0.05, incidents=frozenset({"slow-responses"})), count=10_000), cutoff
-    )
-    assert len(base) > 300 and len(slow) > 300
-    # README: "answers ~6x slower" (within 20 %).
-    assert 6 * 0.8 <= statistics.median(slow) / statistics.median(base) <= 6 * 1.2
-    # The normal-priority SLA (4h) is broken at p90 under the incident, not in the baseline.
-    assert statistics.quantiles(base, n=10)[-1] < 4 * 3600 < statistics.quantiles(slow, n=10)[-1]
-
-
 def test_churn_spike_raises_churn_and_lowers_nps() -> None:
     def run(incidents: frozenset[str]) -> list[dict[str, Any]]:
         return _run(SimConfig(seed=4, customers=2000, rate=0.01, incidents=incidents), duration_s=14 * 86400)
@@ -304,3 +302,85 @@ def test_bad_config_is_refused() -> None:
         SimConfig(rate=0)
     with pytest.raises(ValueError, match="aware"):
         list(generate(SimConfig(), datetime(2025, 1, 1), count=1))
+
+
+# --- a company a support or sales lead would recognise -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def realistic_month() -> list[dict[str, Any]]:
+    """The default world (no --rate): 3,000 customers over 30 days."""
+    return _run(SimConfig(seed=5, customers=3000), duration_s=30 * 86400)
+
+
+def test_customers_open_a_few_tickets_a_month(realistic_month: list[dict[str, Any]]) -> None:
+    segment = {e["customer_id"]: e["segment"] for e in realistic_month if e["type"] == "customer.acquired"}
+    tickets = Counter(e["customer_id"] for e in realistic_month if e["type"] == "ticket.opened")
+    per_segment: dict[str, list[int]] = {"smb": [], "mid": [], "enterprise": []}
+    for cid, seg in segment.items():
+        per_segment[seg].append(tickets.get(cid, 0))
+    means = {seg: statistics.mean(counts) for seg, counts in per_segment.items()}
+    assert 0.7 < means["smb"] < 1.4 and 1.8 < means["mid"] < 3.3 and 3.5 < means["enterprise"] < 6.5, means
+    assert max(tickets.values()) < 25  # nobody opens hundreds
+    # About 400 tickets per agent and month.
+    assert 300 < sum(tickets.values()) / agents_for(3000) < 500
+
+
+def test_the_base_signed_up_before_the_start_and_churns_about_1_5_percent_a_month(
+    realistic_month: list[dict[str, Any]],
+) -> None:
+    imported = [e for e in realistic_month if e["type"] == "customer.acquired" and _at(e) < START]
+    assert len(imported) == 3000
+    recent = sum(1 for e in imported if _at(e) > START - timedelta(days=30))
+    assert recent < 0.05 * 3000  # acquisitions inside a 30-day window stay a few percent
+    churned = sum(1 for e in realistic_month if e["type"] == "customer.churned")
+    assert 0.008 < churned / 3000 < 0.03
+
+
+def test_the_default_rate_is_the_natural_one_and_rate_scales_it() -> None:
+    events = _run(SimConfig(seed=2, customers=2000), duration_s=60 * 86400)
+    second_month = [e for e in events if _at(e) >= START + timedelta(days=30)]
+    assert 0.8 < len(second_month) / (30 * 86400) / natural_rate(2000) < 1.25
+    busier = _run(SimConfig(seed=2, customers=2000, rate=0.1), duration_s=20 * 86400)
+    late = [e for e in busier if _at(e) >= START + timedelta(days=10)]
+    assert 0.75 < len(late) / (10 * 86400) / 0.1 < 1.25
+
+
+def test_slow_responses_multiply_every_first_answer_by_the_stated_factor() -> None:
+    # The incident draws nothing more at random: the same tickets, each first answer 6x later.
+    def first_answers(incidents: frozenset[str]) -> dict[str, float]:
+        events = _run(SimConfig(seed=9, customers=2000, incidents=incidents), duration_s=3 * 86400)
+        return dict(zip(*_first_answer_delays(events), strict=True))
+
+    base, slow = first_answers(frozenset()), first_answers(frozenset({"slow-responses"}))
+    both = sorted(set(base) & set(slow))
+    assert len(both) > 300
+    for ticket in both:
+        assert slow[ticket] == pytest.approx(SLOW_RESPONSE_FACTOR * base[ticket], abs=1e-5)
+    assert statistics.median(slow.values()) / statistics.median(base.values()) == pytest.approx(6.0, rel=0.1)
+
+
+def test_an_incident_starts_when_told() -> None:
+    begins = START + timedelta(days=2)
+    config = SimConfig(seed=9, customers=2000, incidents=frozenset({"slow-responses"}), incident_start=begins)
+    tickets, delays = _first_answer_delays(_run(config, duration_s=4 * 86400))
+    base_tickets, base_delays = _first_answer_delays(_run(SimConfig(seed=9, customers=2000), duration_s=4 * 86400))
+    base = dict(zip(base_tickets, base_delays, strict=True))
+    slowed = [t for t, d in zip(tickets, delays, strict=True) if t in base and d > base[t] * 1.01]
+    assert slowed
+    opened = {e["ticket_id"]: _at(e) for e in _run(config, duration_s=4 * 86400) if e["type"] == "ticket.opened"}
+    assert min(opened[t] for t in slowed) >= begins
+
+
+def _first_answer_delays(events: list[dict[str, Any]]) -> tuple[list[str], list[float]]:
+    """(ticket ids, seconds from opening to the first public agent answer), in answer order."""
+    opened: dict[str, datetime] = {}
+    ids: list[str] = []
+    delays: list[float] = []
+    for e in events:
+        if e["type"] == "ticket.opened":
+            opened[e["ticket_id"]] = _at(e)
+        elif e["type"] == "ticket.answered" and e["public"] and e["author"] == "agent" and e["ticket_id"] in opened:
+            ids.append(e["ticket_id"])
+            delays.append((_at(e) - opened.pop(e["ticket_id"])).total_seconds())
+    return ids, delays

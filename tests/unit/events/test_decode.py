@@ -37,3 +37,13 @@ def test_errors_are_the_union_validators() -> None:
     assert _decode({**BASE, "type": "deal.exploded"}) == Rejection("unknown_type", "unknown type 'deal.exploded'")
     wrong = _decode({**BASE, "type": "deal.lost"}, family="leads")
     assert isinstance(wrong, Rejection) and wrong.reason == "wrong_topic"
+
+
+def test_a_currency_outside_iso_4217_is_dead_lettered() -> None:
+    won = {**BASE, "type": "deal.won", "amount": 10}
+    event, _ = _decode({**won, "currency": "CHF"})  # type: ignore[misc]
+    assert event.currency == "CHF"
+    for code in ("EUD", "ABC", "USDT"):  # three capitals, but no currency
+        out = _decode({**won, "currency": code})
+        assert isinstance(out, Rejection) and out.reason == "invalid_fields", code
+        assert out.detail.startswith("currency: ") and "ISO 4217" in out.detail

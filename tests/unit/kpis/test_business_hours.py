@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.events.windows import to_us
-from stream.kpis.business_hours import Schedule, business_seconds, parse_hours
+from stream.kpis.business_hours import Schedule, business_seconds, parse_calendar, parse_hours
 from stream.settings import SettingsError, load_settings
 
 DEFAULT = Schedule()
@@ -55,6 +55,26 @@ def test_holidays_are_closed() -> None:
     schedule = Schedule(holidays=frozenset({date(2026, 11, 26)}))
     assert secs(utc(2026, 11, 25, 16), utc(2026, 11, 27, 10), schedule) == 2 * 3600
     assert secs(utc(2026, 11, 26, 9), utc(2026, 11, 26, 17), schedule) == 0
+
+
+def test_holiday_calendars_by_country_and_region() -> None:
+    # 2026-01-06 (a Tuesday) is Epiphany in Bavaria, a working day in Berlin; 2026-12-25 everywhere in Germany.
+    bavaria = Schedule(tz="Europe/Berlin", calendars=(("DE", "BY"),))
+    berlin = Schedule(tz="Europe/Berlin", calendars=(("DE", "BE"),))
+    assert secs(utc(2026, 1, 6, 6), utc(2026, 1, 6, 18), bavaria) == 0
+    assert secs(utc(2026, 1, 6, 6), utc(2026, 1, 6, 18), berlin) == 8 * 3600
+    assert secs(utc(2026, 12, 25, 6), utc(2026, 12, 25, 18), berlin) == 0
+    assert parse_calendar("de-by") == ("DE", "BY") and parse_calendar("FR") == ("FR", None)
+    with pytest.raises(ValueError, match="unknown holiday calendar"):
+        parse_calendar("Atlantis")
+    with pytest.raises(ValueError, match="unknown region"):
+        parse_calendar("DE-XX")
+    # Dates and calendars mix in one setting; a bad entry names the setting.
+    cfg = load_settings(business_holidays="DE-BY, 2026-12-31").kpi_config()
+    assert cfg.schedule.calendars == (("DE", "BY"),) and cfg.schedule.holidays == frozenset({date(2026, 12, 31)})
+    for bad in ("Atlantis", "2026-02-30"):
+        with pytest.raises(SettingsError, match="CRM_KPI_BUSINESS_HOLIDAYS"):
+            load_settings(business_holidays=bad)
 
 
 def test_time_zone_offsets() -> None:

@@ -261,11 +261,11 @@ def test_ill_typed_fields_are_rejected(kind: str, field: str, value: object, err
     rejects(event(kind, **{field: value}), field, error)
 
 
-@pytest.mark.parametrize("currency", ["eur", "EURO", "EU", "", "E1R", "ÉUR", 978, None])
+@pytest.mark.parametrize("currency", ["eur", "EURO", "EU", "", "E1R", "ÉUR", "XYZ", 978, None])
 def test_bad_currency_is_rejected(currency: object) -> None:
-    error = "string_pattern_mismatch" if isinstance(currency, str) else "string_type"
-    rejects(event("deal.won", currency=currency), "currency", error)
-    rejects(event("marketing.spend", currency=currency), "currency", error)
+    # One error whatever the input's type: not an ISO 4217 code (schemas' own "currency" type).
+    rejects(event("deal.won", currency=currency), "currency", "currency")
+    rejects(event("marketing.spend", currency=currency), "currency", "currency")
 
 
 @pytest.mark.parametrize(
