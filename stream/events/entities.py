@@ -16,27 +16,41 @@ they feed, live in the KPI domain modules (`stream.kpis.support`, …).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Protocol, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["Contribution", "EntityKind", "EntityState", "PackedState", "earlier"]
 
 
-@dataclass
 class Contribution:
-    """What one entity state adds: windowed counters at event times, and current state."""
+    """What one entity state adds: windowed counters at event times, and current state.
 
-    window: list[tuple[int, str, int]] = field(default_factory=list)  # (t_us, field, delta)
-    members: list[tuple[int, str, str, int]] = field(default_factory=list)  # (t_us, distinct name, member, delta)
-    counters: dict[str, int] = field(default_factory=dict)  # non-windowed counters
-    zmembers: set[tuple[str, str, float]] = field(default_factory=set)  # (sorted set, member, score in unix s)
+    A plain class, not a dataclass: the fold builds two per changed entity, and
+    a compiled (mypyc) class builds fastest from its own `__init__`.
+    """
+
+    def __init__(self) -> None:
+        self.window: list[tuple[int, str, int]] = []  # (t_us, field, delta)
+        self.members: list[tuple[int, str, str, int]] = []  # (t_us, distinct name, member, delta)
+        self.counters: dict[str, int] = {}  # non-windowed counters
+        self.zmembers: set[tuple[str, str, float]] = set()  # (sorted set, member, score in unix s)
 
 
 class EntityState(Protocol):
-    """What the fold needs of a state: merge an event, say what it contributes, encode itself."""
+    """What the fold needs of a state: merge events, say what it contributes, encode itself.
+
+    `absorb` merges an event into the state in place; `merge` returns the merged
+    copy and leaves the state as it was. The fold copies a state once per batch
+    and absorbs each of the batch's events into the copy.
+    """
 
     def merge(self, event: Any, t_us: int) -> EntityState: ...
+
+    def absorb(self, event: Any, t_us: int) -> None: ...
+
+    def copy(self) -> Any: ...
 
     def contribute(self, entity_id: str, config: Any) -> Contribution: ...
 
@@ -73,16 +87,18 @@ S = TypeVar("S", bound="PackedState")
 class PackedState:
     """Base of dataclass states made of optional ints and strings, encoded '|'-joined.
 
-    The encoding is canonical (one text per state), which lets the fold compare
-    a state's new encoding with the raw value it read instead of decoding twice.
+    Fields whose names end in `_us` (µs since the epoch, or a duration) or
+    `_micros` (an amount in micro-units) hold integers, every other field text;
+    every field defaults to None. The encoding is canonical (one text per state),
+    which lets the fold compare a state's new encoding with the raw value it read
+    instead of decoding twice. No `__dict__` tricks: these classes are compiled
+    by mypyc too (setup.py), and compiled instances have none.
     """
-
-    _ints: ClassVar[frozenset[str]] = frozenset()
 
     def encode(self) -> str:
         # Runs for every entity a batch touches: _quote only for text that needs escaping.
         parts: list[str] = []
-        for v in self.__dict__.values():
+        for v in _layout(type(self)).values(self):
             if v is None:
                 parts.append("")
             elif type(v) is int:
@@ -97,32 +113,50 @@ class PackedState:
     def decode(cls: type[S], raw: str | None) -> S:
         if not raw:
             return cls()
-        new = cls()
-        ints = cls._ints
-        values = new.__dict__
-        for name, part in zip(_names(cls), raw.split("|"), strict=False):
-            if part:
-                values[name] = int(part) if name in ints else _unquote(part)
-        return new
+        # A text written with fewer fields (an older layout) leaves the new ones at None.
+        values = [
+            (int(part) if is_int else _unquote(part)) if part else None
+            for is_int, part in zip(_layout(cls).ints, raw.split("|"), strict=False)
+        ]
+        return cls(*values)
 
     def copy(self: S) -> S:
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
+        cls = type(self)
+        return cls(*_layout(cls).values(self))
+
+    def merge(self: S, event: Any, t_us: int) -> S:
+        """The state after `event` (at t_us); self is unchanged."""
+        new = self.copy()
+        new.absorb(event, t_us)
         return new
+
+    def absorb(self, event: Any, t_us: int) -> None:
+        """Merge `event` (at t_us) into this state, in place (each subclass's rules)."""
+        raise NotImplementedError
 
     def persistent(self) -> bool:
         """True when the state must outlive the state TTL (it holds open "current" figures)."""
         return False
 
 
-_NAMES: dict[type, tuple[str, ...]] = {}
+class _Layout:
+    """A PackedState class's fields in order: which hold integers, and a getter of all values at once."""
+
+    def __init__(self, cls: type) -> None:
+        names = tuple(f.name for f in fields(cls))
+        self.ints = tuple(name.endswith(("_us", "_micros")) for name in names)
+        getter = operator.attrgetter(*names)
+        self.values: Callable[[Any], tuple[Any, ...]] = getter if len(names) > 1 else lambda state: (getter(state),)
 
 
-def _names(cls: type) -> tuple[str, ...]:
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
-    return names
+_LAYOUTS: dict[type, _Layout] = {}
+
+
+def _layout(cls: type) -> _Layout:
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        layout = _LAYOUTS[cls] = _Layout(cls)
+    return layout
 
 
 def _quote(text: str) -> str:

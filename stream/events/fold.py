@@ -9,6 +9,7 @@ so this module knows windows and entity states, not KPIs.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -78,7 +79,8 @@ class FoldMemo:
     a state changed elsewhere (another worker, an expiry) is decoded afresh:
     fold results are identical with or without a memo. A memo belongs to one
     FoldContext's settings (contributions depend on the SLAs and KPI settings).
-    Bounded: emptied when it holds `limit` entities.
+    Bounded to `limit` entities: the least recently written leave first, so the
+    busy entities (a large customer's churn-risk items) stay.
     """
 
     def __init__(self, limit: int = 20_000) -> None:
@@ -87,11 +89,14 @@ class FoldMemo:
 
     def remember(self, delta: BatchDelta) -> None:
         """Record the entity states `delta` wrote (call once Redis accepted it)."""
-        if len(self.entries) + len(delta.contributions) > self.limit:
-            self.entries.clear()
         entries, writes = self.entries, delta.entity_writes
         for key, (state, contribution) in delta.contributions.items():
+            entries.pop(key, None)  # re-inserted last: dicts keep insertion order
             entries[key] = (writes[key][1], state, contribution)
+        excess = len(entries) - self.limit
+        if excess > 0:
+            for key in list(itertools.islice(entries, excess)):
+                del entries[key]
 
 
 def entity_keys(events: Sequence[Any], ctx: FoldContext) -> list[str]:
@@ -109,25 +114,47 @@ def entity_keys(events: Sequence[Any], ctx: FoldContext) -> list[str]:
 class _Buckets:
     """Collects (t_us, field, delta) items per fine bucket, then spreads them over the windows.
 
-    Every window's bucket width is a multiple of the fine width (their gcd), so
-    a fine bucket lies inside exactly one bucket of each window: the hot loop
-    does one dict update per counter, the spreading once per distinct bucket.
+    A fine bucket's width divides the bucket width of every window holding its
+    times, so it lies inside exactly one bucket of each: the hot loop does one
+    dict update per counter, the spreading once per distinct fine bucket. The
+    width depends on the event's age: the gcd of the bucket widths of the
+    windows that still hold it (60 s in the last hour by default, 24 min in the
+    last day, …), so a batch replaying days of history spreads few buckets.
+    A fine bucket's key is its index at its tier's width times the number of
+    tiers, plus the tier.
     """
 
     def __init__(self, ctx: FoldContext) -> None:
-        self._windows = ctx.windows
-        self._fine_us = math.gcd(*(w.bucket_seconds for w in ctx.windows)) * US
-        self._first = [w.first_bucket(ctx.now_s) for w in ctx.windows]
-        self.oldest_us = int((ctx.now_s - max(w.seconds for w in ctx.windows)) * US)
+        windows = ctx.windows
+        self._windows = windows
+        self._first = [w.first_bucket(ctx.now_s) for w in windows]
+        self.oldest_us = int((ctx.now_s - max(w.seconds for w in windows)) * US)
+        starts = [first * w.bucket_seconds * US for w, first in zip(windows, self._first, strict=True)]
+        # Newest first: (earliest time of the tier in µs, fine width in µs). The last tier
+        # starts with the longest window, at or before `oldest_us`: every time not late has one.
+        self._tiers: list[tuple[int, int]] = []
+        for since in sorted(set(starts), reverse=True):
+            widths = [w.bucket_seconds for w, start in zip(windows, starts, strict=True) if start <= since]
+            self._tiers.append((since, math.gcd(*widths) * US))
+        self._n_tiers = len(self._tiers)
         self.fine: dict[tuple[int, str], int] = {}
         self.members: dict[tuple[int, str, str], int] = {}
         self._targets_of: dict[int, list[tuple[str, int, int]]] = {}
+
+    def key(self, t_us: int) -> int:
+        """The fine bucket of event time t_us (not late)."""
+        tiers = self._tiers
+        tier = 0
+        last = self._n_tiers - 1
+        while tier < last and t_us < tiers[tier][0]:
+            tier += 1
+        return t_us // tiers[tier][1] * self._n_tiers + tier
 
     def add(self, t_us: int, items: Iterable[tuple[str, int]]) -> bool:
         """Add items at event time t_us; False (nothing added) when t_us is late."""
         if t_us < self.oldest_us:
             return False
-        m = t_us // self._fine_us
+        m = self.key(t_us)
         fine = self.fine
         for name, value in items:
             key = (m, name)
@@ -137,7 +164,7 @@ class _Buckets:
     def add_one(self, t_us: int, name: str, value: int) -> None:
         """Add one counter at event time t_us (late times are dropped)."""
         if t_us >= self.oldest_us:
-            key = (t_us // self._fine_us, name)
+            key = (self.key(t_us), name)
             fine = self.fine
             fine[key] = fine.get(key, 0) + value
 
@@ -145,14 +172,15 @@ class _Buckets:
         """Count `member` of distinct set `name` at t_us (late times are dropped)."""
         if t_us < self.oldest_us:
             return
-        key = (t_us // self._fine_us, name, member)
+        key = (self.key(t_us), name, member)
         self.members[key] = self.members.get(key, 0) + value
 
     def _targets(self, m: int) -> list[tuple[str, int, int]]:
         """(window label, bucket, expiry) of every window whose range holds fine bucket m."""
         found = self._targets_of.get(m)
         if found is None:
-            start_s = m * (self._fine_us // US)
+            index, tier = divmod(m, self._n_tiers)
+            start_s = index * (self._tiers[tier][1] // US)
             found = self._targets_of[m] = [
                 (window.label, k, window.expire_at(k))
                 for window, first in zip(self._windows, self._first, strict=True)
@@ -205,8 +233,8 @@ def fold(
     buckets = _Buckets(ctx)
     rules = ctx.rules
     counters_of, members_of, config = rules.counters, rules.members, rules.config
-    # key -> (state read, state now, entity id, what the state read contributes if the memo knows it)
-    touched: dict[str, tuple[EntityState, EntityState, str, Contribution | None]] = {}
+    # key -> [state read, state now, entity id, what the state read contributes if the memo knows it]
+    touched: dict[str, list[Any]] = {}
     kinds = _kinds_with_prefix(rules, ctx.entity_prefix)
     processed = delta.processed
     newest = -1
@@ -228,17 +256,19 @@ def fold(
                 key = prefix + entity_id
                 seen = touched.get(key)
                 if seen is not None:
-                    touched[key] = (seen[0], seen[1].merge(ev, t_us), entity_id, seen[3])
+                    seen[1].absorb(ev, t_us)  # the batch's own copy
                     continue
                 raw = states.get(key)
                 hit = remembered.get(key)
+                known: Contribution | None
                 if hit is not None and hit[0] == raw:
-                    touched[key] = (hit[1], hit[1].merge(ev, t_us), entity_id, hit[2])
+                    old, known = hit[1], hit[2]
                 else:
                     old = kind.decode(raw)
-                    # An entity new to Redis contributed nothing so far.
-                    known = _NOTHING if raw is None else None
-                    touched[key] = (old, old.merge(ev, t_us), entity_id, known)
+                    known = _NOTHING if raw is None else None  # an entity new to Redis contributed nothing
+                new = old.copy()
+                new.absorb(ev, t_us)
+                touched[key] = [old, new, entity_id, known]
     delta.late = late
     delta.newest_us = newest if newest >= 0 else None
 
@@ -288,9 +318,15 @@ _NOTHING = Contribution()  # shared, never modified
 
 def _apply_difference(delta: BatchDelta, buckets: _Buckets, old: Contribution, new: Contribution) -> None:
     add = buckets.add_one
-    for t_us, name, value in new.window:
+    added, removed = new.window, old.window
+    # States mostly grow: what the old state contributed is usually the start of what the
+    # new one does (a resolution after a first response), and only the rest needs adding.
+    n = len(removed)
+    if n and added[:n] == removed:
+        added, removed = added[n:], []
+    for t_us, name, value in added:
         add(t_us, name, value)
-    for t_us, name, value in old.window:
+    for t_us, name, value in removed:
         add(t_us, name, -value)
     if new.members or old.members:
         for t_us, name, member, value in new.members:

@@ -38,12 +38,23 @@ def _default_week() -> tuple[Intervals, ...]:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Weekly opening hours (Monday first) in `tz`, closed dates, and public-holiday calendars."""
+    """Weekly opening hours (Monday first) in `tz`, closed dates, and public-holiday calendars.
+
+    Also caches what it computes (not part of its value): every ticket's first
+    response asks it, so its caches are keyed by plain integers, never by the
+    schedule itself (hashing one walks its whole week).
+    """
 
     tz: str = "UTC"
     week: tuple[Intervals, ...] = field(default_factory=_default_week)
     holidays: frozenset[date] = frozenset()
     calendars: tuple[Calendar, ...] = ()
+    # Local day (proleptic ordinal) -> its opening intervals in µs since the epoch.
+    _days: dict[int, tuple[tuple[int, int], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    # (start µs, end µs) -> business µs between them; emptied when full.
+    _spans: dict[tuple[int, int], int] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
 
 @lru_cache(maxsize=64)
@@ -126,38 +137,48 @@ def _local_us(day: date, second: int, zone: ZoneInfo) -> int:
     return (delta.days * 86400 + delta.seconds) * _US + delta.microseconds
 
 
-@lru_cache(maxsize=4096)
-def _opening(day: date, schedule: Schedule) -> tuple[tuple[int, int], ...]:
-    """A local day's opening intervals as (start, end) µs since the epoch."""
-    if is_holiday(day, schedule):
-        return ()
-    zone = ZoneInfo(schedule.tz)
-    return tuple((_local_us(day, lo, zone), _local_us(day, hi, zone)) for lo, hi in schedule.week[day.weekday()])
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_DAY_US = 86400 * _US
+_SPANS_MAX = 65536
 
 
-@lru_cache(maxsize=4096)
-def _zone(tz: str) -> ZoneInfo:
-    return ZoneInfo(tz)
+def _opening(day: int, schedule: Schedule) -> tuple[tuple[int, int], ...]:
+    """A local day's (proleptic ordinal) opening intervals as (start, end) µs since the epoch."""
+    found = schedule._days.get(day)
+    if found is None:
+        local = date.fromordinal(day)
+        if is_holiday(local, schedule):
+            found = ()
+        else:
+            zone = ZoneInfo(schedule.tz)
+            found = tuple(
+                (_local_us(local, lo, zone), _local_us(local, hi, zone)) for lo, hi in schedule.week[local.weekday()]
+            )
+        schedule._days[day] = found
+    return found
 
 
-@lru_cache(maxsize=65536)
 def business_us(start_us: int, end_us: int, schedule: Schedule) -> int:
     """Business-hours µs between two instants (µs since the epoch); 0 when end <= start."""
     if end_us <= start_us:
         return 0
-    zone = _zone(schedule.tz)
-    # One day of margin each side: a local day's hours may lie partly in the UTC day before or after.
-    first = datetime.fromtimestamp(start_us // _US, zone).date() - timedelta(days=1)
-    last = datetime.fromtimestamp(end_us // _US, zone).date() + timedelta(days=1)
+    spans = schedule._spans
+    key = (start_us, end_us)
+    total = spans.get(key)
+    if total is not None:
+        return total
+    # Local days around the UTC days of both ends: UTC offsets stay within ±1 day, and a
+    # local day's hours may lie partly in the UTC day before or after.
     total = 0
-    day = first
-    while day <= last:
+    for day in range(start_us // _DAY_US + _EPOCH_ORDINAL - 2, end_us // _DAY_US + _EPOCH_ORDINAL + 3):
         for lo, hi in _opening(day, schedule):
             a = start_us if start_us > lo else lo
             b = end_us if end_us < hi else hi
             if b > a:
                 total += b - a
-        day += timedelta(days=1)
+    if len(spans) >= _SPANS_MAX:
+        spans.clear()
+    spans[key] = total
     return total
 
 

@@ -58,13 +58,15 @@ def relevant(event: Any) -> bool:
     return kind in ("ticket.opened", "customer.churned")
 
 
+_TICKET_CODE: Final = {"complaint": "C", "cancellation": "X"}
+_SURVEY_CODE: Final = {"nps": "N", "csat": "S", "ces": "E"}
+
+
 def item_of(event: Any) -> tuple[str, str]:
     """(code, key) of a relevant ticket or survey event."""
     if event.type == "ticket.opened":
-        code = {"complaint": "C", "cancellation": "X"}.get(getattr(event, "category", None) or "", "T")
-        return code, "t:" + event.ticket_id
-    code = {"nps": "N", "csat": "S", "ces": "E"}[event.kind]
-    return code, "s:" + event.event_id
+        return _TICKET_CODE.get(getattr(event, "category", None) or "", "T"), "t:" + event.ticket_id
+    return _SURVEY_CODE[event.kind], "s:" + event.event_id
 
 
 def _score(counts: Counter[str]) -> int:
@@ -93,22 +95,22 @@ def expiry_us(items: tuple[Item, ...], threshold: int) -> int | None:
     Points are read with every item counted (the moment of the newest item);
     after that they only fall. The customer is at risk at t while t < expiry.
     `items` must be sorted (as RiskState keeps them).
+
+    The items still counted at any moment are a suffix of the sorted items, and
+    a suffix's points only grow with its length. So the answer comes from the
+    newest items backwards: the oldest group of equal times without which the
+    newer items score under the threshold. It costs as many items as reaching
+    the threshold takes, not the customer's whole history.
     """
     fixed = tickets = 0
-    for _, code, _ in items:
-        fixed += _POINTS.get(code, 0)
-        tickets += code in _TICKETS
-    if fixed + max(0, tickets - _FREE_TICKETS) < threshold:
-        return None
-    n = len(items)
-    i = 0
-    while i < n:
+    i = len(items) - 1
+    while i >= 0:
         t = items[i][0]
-        while i < n and items[i][0] == t:
+        while i >= 0 and items[i][0] == t:
             code = items[i][1]
-            fixed -= _POINTS.get(code, 0)
-            tickets -= code in _TICKETS
-            i += 1
-        if fixed + max(0, tickets - _FREE_TICKETS) < threshold:
+            fixed += _POINTS.get(code, 0)
+            tickets += code in _TICKETS
+            i -= 1
+        if fixed + max(0, tickets - _FREE_TICKETS) >= threshold:
             return t + WINDOW_US
-    return None  # unreachable: no items scores 0 < threshold
+    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
@@ -71,24 +71,20 @@ class InvoiceState(PackedState):
     due_us: int | None = None
     paid_us: int | None = None
 
-    _ints: ClassVar[frozenset[str]] = frozenset({"issued_us", "amount_micros", "due_us", "paid_us"})
-
     def unpaid(self) -> bool:
         return self.issued_us is not None and self.paid_us is None
 
     def persistent(self) -> bool:
         return self.unpaid()
 
-    def merge(self, event: Any, t_us: int) -> InvoiceState:
-        new = self.copy()
+    def absorb(self, event: Any, t_us: int) -> None:
         if event.type == "invoice.issued":
-            if earlier(new.issued_us, t_us):
-                new.issued_us = t_us
-                new.amount_micros, new.currency = amount_micros(event.amount), event.currency
-                new.due_us = to_us(event.due_at)
-        elif event.type == "invoice.paid" and earlier(new.paid_us, t_us):
-            new.paid_us = t_us
-        return new
+            if earlier(self.issued_us, t_us):
+                self.issued_us = t_us
+                self.amount_micros, self.currency = amount_micros(event.amount), event.currency
+                self.due_us = to_us(event.due_at)
+        elif event.type == "invoice.paid" and earlier(self.paid_us, t_us):
+            self.paid_us = t_us
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """Receivables per currency and the overdue set (scored by due_at) while unpaid."""
@@ -112,18 +108,14 @@ class OrderState(PackedState):
     promised_us: int | None = None
     delivered_us: int | None = None
 
-    _ints: ClassVar[frozenset[str]] = frozenset({"placed_us", "amount_micros", "promised_us", "delivered_us"})
-
-    def merge(self, event: Any, t_us: int) -> OrderState:
-        new = self.copy()
+    def absorb(self, event: Any, t_us: int) -> None:
         if event.type == "order.placed":
-            if earlier(new.placed_us, t_us):
-                new.placed_us, new.customer_id = t_us, event.customer_id
-                new.amount_micros, new.currency = amount_micros(event.amount), event.currency
-                new.promised_us = None if event.promised_at is None else to_us(event.promised_at)
-        elif event.type == "order.delivered" and earlier(new.delivered_us, t_us):
-            new.delivered_us = t_us
-        return new
+            if earlier(self.placed_us, t_us):
+                self.placed_us, self.customer_id = t_us, event.customer_id
+                self.amount_micros, self.currency = amount_micros(event.amount), event.currency
+                self.promised_us = None if event.promised_at is None else to_us(event.promised_at)
+        elif event.type == "order.delivered" and earlier(self.delivered_us, t_us):
+            self.delivered_us = t_us
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """Order count, amount and buyer at the placement; on-time delivery at the delivery."""
@@ -149,16 +141,12 @@ class QuoteState(PackedState):
     sent_us: int | None = None
     ordered_us: int | None = None
 
-    _ints: ClassVar[frozenset[str]] = frozenset({"sent_us", "ordered_us"})
-
-    def merge(self, event: Any, t_us: int) -> QuoteState:
-        new = self.copy()
+    def absorb(self, event: Any, t_us: int) -> None:
         if event.type == "quote.sent":
-            if earlier(new.sent_us, t_us):
-                new.sent_us = t_us
-        elif event.type == "order.placed" and earlier(new.ordered_us, t_us):
-            new.ordered_us = t_us
-        return new
+            if earlier(self.sent_us, t_us):
+                self.sent_us = t_us
+        elif event.type == "order.placed" and earlier(self.ordered_us, t_us):
+            self.ordered_us = t_us
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """One quote-to-order at the order's time, once the quote is known as sent."""
@@ -196,14 +184,23 @@ class OrderHistory:
     def persistent(self) -> bool:
         return False
 
+    def copy(self) -> OrderHistory:
+        return OrderHistory(self.orders)  # a tuple: shared, never modified
+
     def merge(self, event: Any, t_us: int) -> OrderHistory:
+        """The state after `event` (at t_us); self is unchanged."""
+        new = self.copy()
+        new.absorb(event, t_us)
+        return new
+
+    def absorb(self, event: Any, t_us: int) -> None:
+        """Merge an order placement into this history."""
         by_id = dict((o, t) for t, o in self.orders)
         if event.order_id not in by_id or t_us < by_id[event.order_id]:
             by_id[event.order_id] = t_us
         items = sorted((t, o) for o, t in by_id.items())
         newest = items[-1][0]
-        kept = [item for item in items if item[0] >= newest - _HISTORY_KEEP_US][-_HISTORY_MAX:]
-        return OrderHistory(tuple(kept))
+        self.orders = tuple([item for item in items if item[0] >= newest - _HISTORY_KEEP_US][-_HISTORY_MAX:])
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """For each order with a previous one within 365 days: the interval, at the order's time."""

@@ -11,7 +11,7 @@ import bisect
 import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
@@ -49,16 +49,12 @@ class CustomerState(PackedState):
     acquired_us: int | None = None
     churned_us: int | None = None
 
-    _ints: ClassVar[frozenset[str]] = frozenset({"acquired_us", "churned_us"})
-
-    def merge(self, event: Any, t_us: int) -> CustomerState:
-        new = self.copy()
+    def absorb(self, event: Any, t_us: int) -> None:
         if event.type == "customer.acquired":
-            if earlier(new.acquired_us, t_us):
-                new.acquired_us = t_us
-        elif event.type == "customer.churned" and earlier(new.churned_us, t_us):
-            new.churned_us = t_us
-        return new
+            if earlier(self.acquired_us, t_us):
+                self.acquired_us = t_us
+        elif event.type == "customer.churned" and earlier(self.churned_us, t_us):
+            self.churned_us = t_us
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """Acquired / churned customers, in the window of each and in the current totals."""
@@ -106,25 +102,40 @@ class RiskState:
     def persistent(self) -> bool:
         return False
 
+    def copy(self) -> RiskState:
+        return RiskState(self.churned_us, self.items)  # items is a tuple: shared, never modified
+
     def merge(self, event: Any, t_us: int) -> RiskState:
+        """The state after `event` (at t_us); self is unchanged."""
+        new = self.copy()
+        new.absorb(event, t_us)
+        return new
+
+    def absorb(self, event: Any, t_us: int) -> None:
+        """Merge a churn or a relevant ticket/survey event into this state."""
         if event.type == "customer.churned":
             if earlier(self.churned_us, t_us):
-                return RiskState(t_us, self.items)
-            return self
+                self.churned_us = t_us
+            return
         code, key = churn_risk.item_of(event)
-        items = list(self.items)
-        keys = list(map(_ITEM_KEY, items))  # C-level scans: a customer may hold dozens of items
+        items = self.items
+        keys = list(map(_ITEM_KEY, items))  # C-level scans: a busy customer holds dozens of items
         if key in keys:
             j = keys.index(key)
             t, c, _ = items[j]
             if (t, c) <= (t_us, code):
-                return self
-            del items[j]
-        bisect.insort(items, (t_us, code, key))
+                return
+            items = items[:j] + items[j + 1 :]
+        item = (t_us, code, key)
+        if not items or item > items[-1]:
+            items += (item,)  # the usual case: events come roughly in time order
+        else:
+            at = bisect.bisect(items, item)
+            items = (*items[:at], item, *items[at:])
         cut = items[-1][0] - churn_risk.WINDOW_US
         if items[0][0] <= cut:
-            del items[: bisect.bisect_right(items, (cut, _AFTER_ANY_CODE))]  # items at or before the cut
-        return RiskState(self.churned_us, tuple(items))
+            items = items[bisect.bisect_right(items, (cut, _AFTER_ANY_CODE)) :]  # drop items at or before the cut
+        self.items = items
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """Membership of the at-risk set, scored by when the customer falls under the threshold."""

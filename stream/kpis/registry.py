@@ -26,7 +26,9 @@ from stream.kpis import sketch
 from stream.kpis.business_hours import Schedule
 
 __all__ = [
+    "DISTINCT_CODE",
     "QUANTILES",
+    "REPEATED_CODE",
     "Current",
     "DistinctCount",
     "Domain",
@@ -67,6 +69,8 @@ def cap_label(value: str | None, allowed: frozenset[str], absent: str = "unknown
 
 # --- counters -----------------------------------------------------------------------------
 
+_FIELDS_MAX = 4096  # cached field texts per family; labels are capped, this only bounds memory
+
 
 @dataclass(frozen=True)
 class Tally:
@@ -84,10 +88,17 @@ class TallyFamily:
     """Integer counters split by one label value, stored as fields 'code|label'."""
 
     code: str
+    # label -> field, so the fold builds each field text once (labels are bounded sets).
+    _fields: dict[str | int, str] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def field(self, label: str | int) -> str:
         """The field of one label value (e.g. a priority, a currency, a sketch bucket index)."""
-        return f"{self.code}|{label}"
+        found = self._fields.get(label)
+        if found is None:
+            if len(self._fields) >= _FIELDS_MAX:
+                self._fields.clear()
+            found = self._fields[label] = f"{self.code}|{label}"
+        return found
 
     def by_label(self, values: Mapping[str, int]) -> dict[str, int]:
         """{label: value} of every field of this family in summed counters."""
@@ -102,6 +113,14 @@ class TallyFamily:
         return {int(k): v for k, v in self.by_label(values).items()}
 
 
+DISTINCT_CODE = "dn"
+"""Prefix of the totals field the exporter's read answers with a distinct count's members (read.lua gets it)."""
+REPEATED_CODE = "d2"
+"""Prefix of the totals field with the members counted at least twice."""
+# Module constants, not class attributes: this module is also compiled (mypyc), and a
+# compiled dataclass keeps no plain class attributes.
+
+
 @dataclass(frozen=True)
 class DistinctCount:
     """An exact count of distinct members (users, buyers) over a window.
@@ -113,18 +132,15 @@ class DistinctCount:
 
     name: str
 
-    DISTINCT_CODE = "dn"  # the totals fields the reader adds for each name (stream/store/reader.py)
-    REPEATED_CODE = "d2"
-
     @property
     def distinct_field(self) -> str:
         """The totals field the read answers with the number of distinct members."""
-        return f"{self.DISTINCT_CODE}|{self.name}"
+        return f"{DISTINCT_CODE}|{self.name}"
 
     @property
     def repeated_field(self) -> str:
         """The totals field the read answers with the number of members counted at least twice."""
-        return f"{self.REPEATED_CODE}|{self.name}"
+        return f"{REPEATED_CODE}|{self.name}"
 
     def distinct(self, totals: Mapping[str, int]) -> int:
         """Members counted at least once in the window."""
@@ -152,9 +168,15 @@ class SortedSetFamily:
     """Sorted sets split by one label value (e.g. tickets awaiting response, per priority)."""
 
     code: str
+    _sets: dict[str, SortedSet] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def of(self, label: str) -> SortedSet:
-        return SortedSet(f"{self.code}|{label}")
+        found = self._sets.get(label)
+        if found is None:
+            if len(self._sets) >= _FIELDS_MAX:
+                self._sets.clear()
+            found = self._sets[label] = SortedSet(f"{self.code}|{label}")
+        return found
 
 
 # --- what a read-out sees -------------------------------------------------------------------

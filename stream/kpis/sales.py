@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from stream.events.entities import Contribution, EntityKind, PackedState, earlier
 from stream.events.windows import to_us
@@ -79,10 +79,6 @@ class DealState(PackedState):
     currency: str | None = None
     hint_won_us: int | None = None  # time of the win that carried created_hint_us (the earliest that carries one)
 
-    _ints: ClassVar[frozenset[str]] = frozenset(
-        {"created_us", "created_hint_us", "won_us", "lost_us", "stage_us", "amount_micros", "hint_won_us"}
-    )
-
     def is_open(self) -> bool:
         return self.created_us is not None and self.won_us is None and self.lost_us is None
 
@@ -94,29 +90,27 @@ class DealState(PackedState):
         if self.stage_us is None or (t_us, stage) > (self.stage_us, self.stage or ""):
             self.stage_us, self.stage = t_us, stage
 
-    def merge(self, event: Any, t_us: int) -> DealState:
-        """The state after a deal event; self is unchanged."""
-        new = self.copy()
+    def absorb(self, event: Any, t_us: int) -> None:
+        """Merge a deal event into this state."""
         if event.type == "deal.created":
-            if earlier(new.created_us, t_us):
-                new.created_us = t_us
+            if earlier(self.created_us, t_us):
+                self.created_us = t_us
                 amount = getattr(event, "amount", None)
-                new.amount_micros = None if amount is None else amount_micros(amount)
-                new.currency = getattr(event, "currency", None)
-            new._see_stage(t_us, getattr(event, "stage", "new"))
+                self.amount_micros = None if amount is None else amount_micros(amount)
+                self.currency = getattr(event, "currency", None)
+            self._see_stage(t_us, getattr(event, "stage", "new"))
         elif event.type == "deal.stage_changed":
-            new._see_stage(t_us, event.stage)
+            self._see_stage(t_us, event.stage)
         elif event.type == "deal.lost":
-            if earlier(new.lost_us, t_us):
-                new.lost_us = t_us
+            if earlier(self.lost_us, t_us):
+                self.lost_us = t_us
         elif event.type == "deal.won":
-            if earlier(new.won_us, t_us):
-                new.won_us = t_us
+            if earlier(self.won_us, t_us):
+                self.won_us = t_us
             # The creation time carried by the earliest win that carries one, whatever the arrival order.
             # (A state stored before hint_won_us existed takes the next one that carries a creation.)
-            if event.deal_created_at is not None and earlier(new.hint_won_us, t_us):
-                new.created_hint_us, new.hint_won_us = to_us(event.deal_created_at), t_us
-        return new
+            if event.deal_created_at is not None and earlier(self.hint_won_us, t_us):
+                self.created_hint_us, self.hint_won_us = to_us(event.deal_created_at), t_us
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """One sales-cycle sample at the win, when the creation time is known; open deal figures."""

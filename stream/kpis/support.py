@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from stream.events.entities import Contribution, EntityKind, PackedState, earlier
 from stream.events.windows import to_us
@@ -58,10 +58,6 @@ class TicketState(PackedState):
     last_resolved_us: int | None = None
     last_reopened_us: int | None = None
 
-    _ints: ClassVar[frozenset[str]] = frozenset(
-        {"opened_us", "hint_us", "answered_us", "resolved_us", "last_resolved_us", "last_reopened_us"}
-    )
-
     def in_backlog(self) -> bool:
         """Opened, and not resolved unless reopened at or after its latest resolution."""
         if self.opened_us is None:
@@ -73,28 +69,26 @@ class TicketState(PackedState):
     def persistent(self) -> bool:
         return self.in_backlog()
 
-    def merge(self, event: Any, t_us: int) -> TicketState:
-        """The state after a ticket event; self is unchanged."""
-        new = self.copy()
+    def absorb(self, event: Any, t_us: int) -> None:
+        """Merge a ticket event into this state."""
         if event.type == "ticket.opened":
-            if earlier(new.opened_us, t_us):
-                new.opened_us, new.priority = t_us, event.priority
+            if earlier(self.opened_us, t_us):
+                self.opened_us, self.priority = t_us, event.priority
         elif event.type == "ticket.answered":
             if event.ticket_opened_at is not None:
                 hint = to_us(event.ticket_opened_at)
-                if earlier(new.hint_us, hint):
-                    new.hint_us, new.hint_priority = hint, event.priority
+                if earlier(self.hint_us, hint):
+                    self.hint_us, self.hint_priority = hint, event.priority
             # Only a public answer by an agent is a response (docs/kpis.md).
-            if event.public and event.author == "agent" and earlier(new.answered_us, t_us):
-                new.answered_us = t_us
+            if event.public and event.author == "agent" and earlier(self.answered_us, t_us):
+                self.answered_us = t_us
         elif event.type == "ticket.resolved":
-            if earlier(new.resolved_us, t_us):
-                new.resolved_us = t_us
-            if new.last_resolved_us is None or t_us > new.last_resolved_us:
-                new.last_resolved_us = t_us
-        elif event.type == "ticket.reopened" and (new.last_reopened_us is None or t_us > new.last_reopened_us):
-            new.last_reopened_us = t_us
-        return new
+            if earlier(self.resolved_us, t_us):
+                self.resolved_us = t_us
+            if self.last_resolved_us is None or t_us > self.last_resolved_us:
+                self.last_resolved_us = t_us
+        elif event.type == "ticket.reopened" and (self.last_reopened_us is None or t_us > self.last_reopened_us):
+            self.last_reopened_us = t_us
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """First-response samples at the first answer's time; resolution; backlog; the awaiting set."""
