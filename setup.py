@@ -52,7 +52,7 @@ class _OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # setuptools raises several unrelated types for a missing toolchain
-            _say(f"compiled core not built ({exc}); installing the pure-Python modules")
+            _say(f"compiled core not built ({str(exc)[-200:]}); installing the pure-Python modules")
             return
         if self.extensions:
             record = Path(self.get_ext_fullpath("stream._core__mypyc")).parent / "_compiled_sources.json"

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +48,8 @@ def main() -> None:
         logs = ROOT / "bench" / "results"
         logs.mkdir(parents=True, exist_ok=True)
         proc = _spawn(["stream", "worker"], _env(s), logs / "worker-profile.log")
-        spy_cmd = ["py-spy", "record", "-r", str(args.rate), "-f", "raw", "-o", str(args.out), "--pid", str(proc.pid)]
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))  # the dev extra's
+        spy_cmd = [py_spy, "record", "-r", str(args.rate), "-f", "raw", "-o", str(args.out), "--pid", str(proc.pid)]
         recorder = None
         try:
             _poll_until(lambda: _applied_total(client, "prof") > 0, 120, "first batch")

@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -54,7 +55,6 @@ from bench.run import (
     _peak_rss_mb,
     _poll_until,
     _settings,
-    _spawn,
     _stop,
     publish,
     run_ceiling,
@@ -121,19 +121,35 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _redis_cpu_s(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used so far (its main thread and the others)."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def run_worker(
-    s: Settings, total: int, offline: Settings, unique: list[dict[str, Any]], core: bool, logs: Path
+    s: Settings,
+    total: int,
+    offline: Settings,
+    unique: list[dict[str, Any]],
+    core: bool,
+    logs: Path,
+    root: Path = ROOT,
 ) -> dict[str, Any]:
-    """One `crm-kpi worker` over the published stream: rate, conflicts, exactness against the offline fold."""
+    """One `crm-kpi worker` over the published stream: rate, conflicts, exactness against the offline fold.
+
+    `root`: the checkout whose `stream` package the worker runs (`--before`: another version's).
+    """
     client = redis.Redis.from_url(s.redis_url)
     env = _env(s)
     spawned = time.perf_counter()
-    proc = _spawn(["stream", "worker"], env, logs / f"worker-{s.redis_key_prefix}.log")
+    log = (logs / f"worker-{s.redis_key_prefix}.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, cwd=root, stdout=log, stderr=log)
     try:
         first = _poll_until(lambda: _applied_total(client, s.redis_key_prefix) > 0, 120, "first batch")
-        cpu_first = _cpu_s(proc.pid)
+        cpu_first, redis_first = _cpu_s(proc.pid), _redis_cpu_s(client)
         last = _poll_until(lambda: _applied_total(client, s.redis_key_prefix) >= total, 1800, "all records")
-        cpu_last = _cpu_s(proc.pid)
+        cpu_last, redis_last = _cpu_s(proc.pid), _redis_cpu_s(client)
         rss = _peak_rss_mb(proc.pid)
         counters = _scrape_worker(env["CRM_KPI_WORKER_PORT"])
     finally:
@@ -158,6 +174,8 @@ def run_worker(
         # Records per CPU-second of the worker process: what one core sustains, whatever else
         # the shared machine runs (the wall-clock rate above depends on it).
         "per_cpu_s": total / max(cpu_last - cpu_first, 1e-9),
+        # Redis's own CPU per record over the same span (it serves only this bench): for sizing.
+        "redis_cpu_us_per_record": 1e6 * (redis_last - redis_first) / total,
         "startup_s": first - spawned,
         "peak_rss_mb": rss,
         "conflicts": conflicts,
@@ -182,6 +200,13 @@ def main() -> None:
     ap.add_argument("--naive-events", type=int, default=10_000, help="the naive agent is ~40x slower")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a checkout of another version (e.g. `git worktree add`): its worker runs every stream too, "
+        "interleaved, for after/before ratios from the same run",
+    )
     args = ap.parse_args()
 
     logs = ROOT / "bench" / "results" / ("realistic-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S"))
@@ -235,16 +260,18 @@ def main() -> None:
             naive_total = sum(
                 asyncio.run(publish(_settings(kafka.url, rds.url, "rnaive.", "rnaive"), naive_pub)).values()
             )
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in workloads}
+        versions = [("", ROOT)] + ([("@before", args.before.resolve())] if args.before else [])
+        runs: dict[str, list[dict[str, Any]]] = {name + v: [] for name in workloads for v, _ in versions}
         runs.update(naive=[], raw=[], decode=[])
         for r in range(args.rounds):
             for name, (shape, total, offline, unique) in workloads.items():
-                tag = name.replace("-", "")
-                s = _settings(kafka.url, rds.url, f"{tag}.", f"{tag}{r}")
-                out = run_worker(s, total, offline, unique, not shape.catalog, logs)
-                runs[name].append(out)
-                print(f"round {r + 1} {name}: {out['rate']:,.0f} records/s exact={out['exact']} "
-                      f"conflicts={out['conflicts']} {out['errors'][:1]}", flush=True)  # fmt: skip
+                for version, root in versions:
+                    tag = name.replace("-", "") + ("b" if version else "")
+                    s = _settings(kafka.url, rds.url, f"{name.replace('-', '')}.", f"{tag}{r}")
+                    out = run_worker(s, total, offline, unique, not shape.catalog, logs, root)
+                    runs[name + version].append(out)
+                    print(f"round {r + 1} {name}{version}: {out['rate']:,.0f} records/s exact={out['exact']} "
+                          f"conflicts={out['conflicts']} {out['errors'][:1]}", flush=True)  # fmt: skip
             if not args.skip_naive:
                 runs["naive"].append(run_naive(kafka.url, rds.url, "rnaive.", f"rnaive{r}", naive_total, logs))
                 print(f"round {r + 1} naive: {runs['naive'][-1]['rate']:,.0f}/s", flush=True)
@@ -253,11 +280,22 @@ def main() -> None:
             print(f"round {r + 1} ceilings: raw {runs['raw'][-1]['rate']:,.0f}/s "
                   f"decode {runs['decode'][-1]['rate']:,.0f}/s", flush=True)  # fmt: skip
         result["rates"] = {k: _summary([x["rate"] for x in v]) for k, v in runs.items() if v}
-        result["per_cpu_s"] = {k: _summary([x["per_cpu_s"] for x in runs[k]]) for k in workloads}
-        result["runs"] = {k: v for k, v in runs.items() if k in workloads}
-        result["exact"] = all(x["exact"] for k in workloads for x in runs[k])
+        workers = [k for k in runs if k.partition("@")[0] in workloads]
+        result["per_cpu_s"] = {k: _summary([x["per_cpu_s"] for x in runs[k]]) for k in workers}
+        result["redis_cpu_us_per_record"] = {
+            k: _summary([x["redis_cpu_us_per_record"] for x in runs[k]]) for k in workers
+        }
+        result["runs"] = {k: runs[k] for k in workers}
+        result["exact"] = all(x["exact"] for k in workers for x in runs[k])
         med = {k: v["median"] for k, v in result["rates"].items()}
         ratios: dict[str, float] = {}
+        if args.before:
+            for name in workloads:
+                ratios[f"{name}: after / before"] = med[name] / med[name + "@before"]
+                per_cpu = result["per_cpu_s"]
+                ratios[f"{name}: after / before, per CPU-s"] = (
+                    per_cpu[name]["median"] / per_cpu[name + "@before"]["median"]
+                )
         for mix in args.mixes.split(","):
             ratios[f"{mix}: redeliveries cost"] = 1 - med[f"{mix}-redeliv"] / med[f"{mix}-clean"]
         ratios["core-redeliv / decode ceiling"] = med[core_name] / med["decode"]
@@ -286,7 +324,7 @@ def print_table(r: dict[str, Any]) -> None:
           f"load average at start {r['machine']['loadavg_at_start'][0]:.1f}")  # fmt: skip
     print(f"{'what':<58}{'median':>10}{'min':>10}{'max':>10}{'per CPU-s':>11}  conflicts (per run)")
     for key, x in r["rates"].items():
-        if key in r["workloads"]:
+        if key.partition("@")[0] in r["workloads"]:
             label = f"worker, {key} (records/s)"
             per_cpu = f"{r['per_cpu_s'][key]['median']:>11,.0f}"
             conflicts = "; ".join(

@@ -205,7 +205,9 @@ class AsyncStore:
             [keys.distinct(label, bucket, name), delta.expire_at[(label, bucket)], _exact(counts)]
             for (label, bucket, name), counts in delta.distinct.items()
         ]
-        zsets = sorted({z for z, _ in delta.zadd} - UNPRUNED_SORTED_SETS)
+        names = {z for z, _ in delta.zadd}
+        zsets = sorted(names - UNPRUNED_SORTED_SETS)
+        zkey = {z: keys.zset(z) for z in names.union(z for z, _ in delta.zrem)}  # a handful of sets, many members
         return orjson.dumps(
             {
                 "token": [BUCKET_TOKEN_FIELD, _batch_token()],
@@ -213,9 +215,9 @@ class AsyncStore:
                 "buckets": buckets,
                 "distinct": distinct,
                 "current": [keys.current, _exact({k: v for k, v in delta.counters.items() if v})],
-                "zadd": [[keys.zset(z), member, repr(score)] for (z, member), score in delta.zadd.items()],
-                "zrem": [[keys.zset(z), member] for z, member in delta.zrem],
-                "prune": [[keys.zset(z), repr(now_s - self.state_ttl_s)] for z in zsets],
+                "zadd": [[zkey[z], member, repr(score)] for (z, member), score in delta.zadd.items()],
+                "zrem": [[zkey[z], member] for z, member in delta.zrem],
+                "prune": [[zkey[z], repr(now_s - self.state_ttl_s)] for z in zsets],
             }
         )
 
