@@ -192,8 +192,12 @@ class Totals(dict[str, int]):
     most of the exporter's CPU time (bench/scrape.py).
     """
 
-    current: Mapping[str, int] = {}
-    _families: dict[str, dict[str, int]] | None = None
+    def __init__(self, *args: Any, **kwargs: int) -> None:
+        # Instance attributes set here, not as class defaults: a compiled (mypyc) dict
+        # subclass does not fall back to class attributes.
+        super().__init__(*args, **kwargs)
+        self.current: Mapping[str, int] = {}
+        self._families: dict[str, dict[str, int]] | None = None
 
     def family(self, code: str) -> dict[str, int]:
         """{label: value} of the fields 'code|label' (a copy)."""
