@@ -61,6 +61,7 @@ async def _fill(redis_url: str, prefix: str, customers: int, users: int) -> None
     keys = Keys(prefix)
     client = aioredis.Redis.from_url(redis_url)
     store = AsyncStore(client, keys, 86400, 90 * 86400)
+    await store.register([0])  # everything is written as partition group 0
     now = datetime.now(UTC)
     windows = make_windows([3600, 86400, 604800, 2592000])
     rules = fold_rules(Settings.model_construct().kpi_config())  # the defaults
@@ -85,9 +86,9 @@ async def _fill(redis_url: str, prefix: str, customers: int, users: int) -> None
             batch = events[lo : lo + 4000]
             now_s = time.time()
             ctx = FoldContext(now_s, windows, rules, keys.entity_prefix)
-            states = await store.read_states(entity_keys(batch, ctx))
+            states = await store.read_states(0, entity_keys(batch, ctx))
             delta = fold([(e, to_us(e.occurred_at)) for e in batch], states, ctx)
-            outcome = await store.apply(delta, [], [], now_s)
+            outcome = await store.apply(0, delta, [], [], now_s)
             assert outcome.ok, outcome
     finally:
         await client.aclose()

@@ -98,7 +98,9 @@ async def fold_offline(s: Settings, unique: list[dict[str, Any]]) -> None:
     delta = fold(events, states, ctx)
     client = aioredis.Redis.from_url(s.redis_url)
     try:
-        outcome = await AsyncStore(client, keys, s.dedupe_horizon, s.state_ttl).apply(delta, [], [], now_s)
+        store = AsyncStore(client, keys, s.dedupe_horizon, s.state_ttl)
+        await store.register([0])  # written as partition group 0: readers read the registered groups
+        outcome = await store.apply(0, delta, [], [], now_s)
         assert outcome.ok, outcome
     finally:
         await client.aclose()

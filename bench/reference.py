@@ -20,7 +20,9 @@ def make_stream(
     rnd = random.Random(seed)
     lo = span_s / 55  # events stay clear of "now" (and of future skew)
     events: list[dict[str, Any]] = []
-    open_tickets: list[tuple[str, datetime]] = []
+    # A ticket's events concern its customer: keyed producers put them in one partition
+    # (docs/events.md), where the worker joins them.
+    open_tickets: list[tuple[str, datetime, str]] = []
     for i in range(n):
         t = now - timedelta(seconds=rnd.uniform(lo, span_s))
         base = {"event_id": f"x{seed}-{i}", "occurred_at": t.isoformat(), "customer_id": f"c{rnd.randrange(2000)}"}
@@ -56,11 +58,12 @@ def make_stream(
                 "ticket_id": tid,
                 "priority": rnd.choice(["low", "normal", "high", "urgent"]),
             }
-            open_tickets.append((tid, opened_at))
+            open_tickets.append((tid, opened_at, base["customer_id"]))
         elif roll < 0.85 and open_tickets:
-            tid, opened_at = open_tickets.pop(rnd.randrange(len(open_tickets)))
+            tid, opened_at, customer = open_tickets.pop(rnd.randrange(len(open_tickets)))
             answered_at = opened_at + timedelta(seconds=rnd.uniform(1, span_s * 0.5))
-            e = {**base, "occurred_at": answered_at.isoformat(), "type": "ticket.answered", "ticket_id": tid}
+            e = {**base, "customer_id": customer, "occurred_at": answered_at.isoformat(), "type": "ticket.answered"}
+            e["ticket_id"] = tid
         else:
             kind = rnd.choice(["nps", "csat", "ces"])
             score = rnd.randint(*{"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}[kind])

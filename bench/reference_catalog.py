@@ -666,6 +666,10 @@ def make_stream(
 
     customers = [f"c{seed}-{i}" for i in range(max(1, n // 40))]
     users = [f"u{i}" for i in range(12)]
+    # Every event of an entity concerns one customer: keyed producers put them in one
+    # partition (docs/events.md), where the worker joins them. An order cites a quote sent
+    # to its own customer (or one never sent).
+    quote_customer: dict[str, str] = {}
     while len(events) < n:
         i = len(events)
         cust = rnd.choice(customers)
@@ -696,6 +700,7 @@ def make_stream(
             elif end < 0.6:
                 emit("deal.lost", rnd.choice(ages), deal_id=deal, customer_id=cust, reason="price")
             if rnd.random() < 0.3:
+                quote_customer[f"q{seed}-{i}"] = cust
                 emit("quote.sent", rnd.choice(ages), quote_id=f"q{seed}-{i}", customer_id=cust, deal_id=deal, **money())
         elif roll < 0.5:
             ticket = f"t{seed}-{i}"
@@ -730,7 +735,7 @@ def make_stream(
             extra: dict[str, Any] = {}
             if rnd.random() < 0.3:
                 quote = f"q{seed}-{rnd.randrange(max(1, i))}"  # sometimes a quote that was sent
-                extra["quote_id"] = quote
+                extra["quote_id"] = quote if quote_customer.get(quote, cust) == cust else f"{quote}-{cust}"
             if rnd.random() < 0.5:
                 extra["promised_at"] = at(rnd.choice(ages))
             emit("order.placed", age, order_id=order, customer_id=cust, **money(), **extra)

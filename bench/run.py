@@ -29,6 +29,7 @@ from stream.events.decode import Rejection, decode
 from stream.exporter.collector import kpi_samples, snapshot
 from stream.kafka.topics import create_topics
 from stream.settings import Settings, load_settings
+from stream.store.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -110,8 +111,25 @@ async def _collect(futures: list[Any], ends: dict[TopicPartition, int]) -> None:
     futures.clear()
 
 
+def _applied_offsets(client: redis.Redis, key_prefix: str) -> dict[str, int]:
+    """Every applied offset, over the partition groups the workers registered."""
+    keys = Keys(key_prefix)
+    out: dict[str, int] = {}
+    for group in client.smembers(keys.registry):  # type: ignore[union-attr]
+        out.update({k.decode(): int(v) for k, v in client.hgetall(keys.group(int(group)).offsets).items()})  # type: ignore[union-attr]
+    return out
+
+
+async def _applied_offsets_async(client: aioredis.Redis, key_prefix: str) -> dict[str, int]:
+    keys = Keys(key_prefix)
+    out: dict[str, int] = {}
+    for group in await client.smembers(keys.registry):
+        out.update({k.decode(): int(v) for k, v in (await client.hgetall(keys.group(int(group)).offsets)).items()})
+    return out
+
+
 def _applied_total(client: redis.Redis, key_prefix: str) -> int:
-    return sum(int(v) for v in client.hvals("{" + key_prefix + "}:offsets"))
+    return sum(_applied_offsets(client, key_prefix).values())
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -238,9 +256,7 @@ async def run_latency(kafka: str, redis_url: str, logs: Path, rate: float, secon
     proc = _spawn(["stream", "worker"], _env(s, CRM_KPI_BATCH_TIMEOUT_MS="5"), logs / "worker-latency.log")
     try:
         warm = await publish(s, events[:10])
-        while (await client.hgetall("{benchlat}:offsets")) == {} or sum(
-            int(v) for v in (await client.hgetall("{benchlat}:offsets")).values()
-        ) < sum(warm.values()):
+        while sum((await _applied_offsets_async(client, "benchlat")).values()) < sum(warm.values()):
             await asyncio.sleep(0.05)
         producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=1, acks=1)
         await producer.start()
@@ -250,10 +266,9 @@ async def run_latency(kafka: str, redis_url: str, logs: Path, rate: float, secon
 
         async def poll() -> None:
             while not stop.is_set():
-                raw = await client.hgetall("{benchlat}:offsets")
+                raw = await _applied_offsets_async(client, "benchlat")
                 t = time.perf_counter()
-                for k, v in raw.items():
-                    field, off = k.decode(), int(v)
+                for field, off in raw.items():
                     if off > seen.get(field, -1):
                         seen[field] = off
                         visible_at.append((field, off, t))

@@ -164,6 +164,8 @@ class Settings(BaseSettings):
     redis_tls_keyfile: OptStr = None
     redis_tls_key_password: OptSecret = None
     redis_key_prefix: str = Field("crm", pattern=r"^[A-Za-z0-9_.:-]+$")
+    # A Redis Cluster: cluster-aware clients (MOVED/ASK followed); the key layout is the same.
+    redis_cluster: bool = False
 
     # Windows and state
     windows: Annotated[list[float], NoDecode, BeforeValidator(_windows)] = Field(
@@ -339,6 +341,10 @@ class Settings(BaseSettings):
 
     def _check_redis_security(self) -> None:
         url = urlsplit(self.redis_url)
+        if self.redis_cluster and url.scheme == "unix":
+            raise ValueError("CRM_KPI_REDIS_CLUSTER=true needs a redis:// or rediss:// URL of one cluster node")
+        if self.redis_cluster and url.path not in ("", "/", "/0"):
+            raise ValueError("CRM_KPI_REDIS_URL names a database other than 0: a Redis Cluster has only database 0")
         if url.password is not None and self.redis_password is not None:
             raise ValueError(
                 "CRM_KPI_REDIS_PASSWORD and a password in CRM_KPI_REDIS_URL are both set: keep only one"

@@ -63,8 +63,8 @@ sha() { printf '%s' "$1" | openssl dgst -sha256 -r | cut -d' ' -f1; }
 cat >"$out/redis/users.acl" <<ACL
 user default off
 user healthcheck on nopass resetkeys resetchannels -@all +ping
-user crm-kpi-worker on #$(sha "$(password redis-worker)") resetkeys ~{crm}:* resetchannels -@all +evalsha +script|load +hmget +mget +get +set +hget +hset +hincrby +hdel +sadd +smismember +expireat +zadd +zrem +zremrangebyscore
-user crm-kpi-exporter on #$(sha "$(password redis-exporter)") resetkeys %R~{crm}:* resetchannels -@all +evalsha_ro +script|load +mget +hget +hgetall +exists +zcard +zcount +zrange +zrangebyscore
+user crm-kpi-worker on #$(sha "$(password redis-worker)") resetkeys ~{crm:* resetchannels -@all +evalsha +script|load +hmget +smembers +mget +exists +zcard +get +set +hget +hset +hincrby +hdel +sadd +smismember +expireat +zadd +zrem +zremrangebyscore
+user crm-kpi-exporter on #$(sha "$(password redis-exporter)") resetkeys %R~{crm:* resetchannels -@all +evalsha_ro +script|load +smembers +mget +hget +hgetall +exists +zcard +zcount +zrange +zrangebyscore
 ACL
 
 # The /metrics endpoints: TLS for the names Prometheus checks (server_name), basic auth with a bcrypt hash.

@@ -27,7 +27,7 @@ from stream.security.http import start_metrics_server
 from stream.security.webconfig import load_web_config
 from stream.settings import Settings
 from stream.store import Keys, ReadCache, Snapshot, read_snapshot
-from stream.store.connection import describe_redis_error, sync_client
+from stream.store.connection import SyncClient, describe_redis_error, sync_client
 
 __all__ = ["KpiCollector", "kpi_samples", "run_exporter", "sync_redis"]
 
@@ -39,13 +39,13 @@ log = logging.getLogger(__name__)
 SCRAPE_REDIS_TIMEOUT_S = 0.5
 
 
-def sync_redis(settings: Settings, timeout: float = 5.0) -> redis.Redis:
+def sync_redis(settings: Settings, timeout: float = 5.0) -> SyncClient:
     """A blocking Redis client for the configured URL, user, password and TLS files."""
     return sync_client(settings, socket_timeout=timeout, connect_timeout=min(timeout, 3.0))
 
 
 def snapshot(
-    client: redis.Redis, settings: Settings, now: float | None = None, cache: ReadCache | None = None
+    client: SyncClient, settings: Settings, now: float | None = None, cache: ReadCache | None = None
 ) -> Snapshot:
     """Read the current figures from Redis (`cache`: keep window sums between reads, see `ReadCache`)."""
     return read_snapshot(
@@ -74,7 +74,7 @@ def kpi_samples(snap: Snapshot) -> Iterator[tuple[str, dict[str, str], float]]:
 class KpiCollector(Collector):
     """A custom collector: one Redis read per scrape, one gauge family per registry metric."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: SyncClient, settings: Settings) -> None:
         self.client = client
         self.settings = settings
         self._errors = 0
@@ -89,7 +89,7 @@ class KpiCollector(Collector):
         up = 1
         try:
             snap = snapshot(self.client, self.settings, cache=self._cache)
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             failure = describe_redis_error(exc, self.settings)
             self._failed(str(failure), failure.permanent)
             up = 0
@@ -129,7 +129,7 @@ class KpiCollector(Collector):
             log.warning("scrape: Redis is readable again")
 
 
-def build_registry(client: redis.Redis, settings: Settings) -> CollectorRegistry:
+def build_registry(client: SyncClient, settings: Settings) -> CollectorRegistry:
     """A registry holding only the KPI collector."""
     registry = CollectorRegistry()
     registry.register(KpiCollector(client, settings))

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
 import redis.exceptions as rex
 
 from stream.security.redact import mask_url
@@ -27,7 +29,20 @@ from stream.security.redact import mask_url
 if TYPE_CHECKING:
     from stream.settings import Settings
 
-__all__ = ["PERMANENT", "RedisAccessError", "async_client", "describe_redis_error", "redis_where", "sync_client"]
+__all__ = [
+    "PERMANENT",
+    "AsyncClient",
+    "RedisAccessError",
+    "SyncClient",
+    "async_client",
+    "describe_redis_error",
+    "redis_where",
+    "sync_client",
+]
+
+# A single Redis or a Redis Cluster (CRM_KPI_REDIS_CLUSTER): the callers use the commands both share.
+AsyncClient = aioredis.Redis | aiocluster.RedisCluster
+SyncClient = redis.Redis | redis.cluster.RedisCluster
 
 # Failures no retry fixes without an operator.
 PERMANENT = frozenset({"tls", "auth", "acl"})
@@ -68,8 +83,18 @@ def _options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-def async_client(settings: Settings, socket_timeout: float = 10, connect_timeout: float = 5) -> aioredis.Redis:
-    """An asyncio Redis client (the worker's)."""
+def async_client(settings: Settings, socket_timeout: float = 10, connect_timeout: float = 5) -> AsyncClient:
+    """An asyncio Redis client (the worker's); a cluster client with CRM_KPI_REDIS_CLUSTER."""
+    if settings.redis_cluster:
+        # Redirects (MOVED, ASK) and a slot map refresh are the client's own business; what it
+        # still raises after its retries (CLUSTERDOWN, TRYAGAIN, connection errors during a
+        # failover) the worker treats as an outage and retries (stream/worker/batch.py).
+        return aiocluster.RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            **_options(settings),
+        )
     return aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=socket_timeout,
@@ -79,8 +104,16 @@ def async_client(settings: Settings, socket_timeout: float = 10, connect_timeout
     )
 
 
-def sync_client(settings: Settings, socket_timeout: float = 5, connect_timeout: float = 3) -> redis.Redis:
-    """A blocking Redis client (the exporter's and the one-shot commands')."""
+def sync_client(settings: Settings, socket_timeout: float = 5, connect_timeout: float = 3) -> SyncClient:
+    """A blocking Redis client (the exporter's and the one-shot commands'); a cluster client with
+    CRM_KPI_REDIS_CLUSTER."""
+    if settings.redis_cluster:
+        return redis.cluster.RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            **_options(settings),
+        )
     return redis.Redis.from_url(
         settings.redis_url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, **_options(settings)
     )
@@ -144,6 +177,13 @@ def describe_redis_error(exc: BaseException, settings: Settings) -> RedisAccessE
         ):
             hint = " (does Redis require a client certificate? CRM_KPI_REDIS_TLS_CERTFILE)"
         return RedisAccessError("tls", f"TLS handshake with Redis at {where} failed: {reason}{hint}")
+    if isinstance(exc, rex.ClusterError | rex.TryAgainError | rex.AskError | rex.SlotNotCoveredError) or (
+        isinstance(exc, rex.ResponseError) and ("non local key" in text or "CLUSTERDOWN" in text)
+    ):
+        return RedisAccessError("unreachable", f"Redis Cluster at {where} is failing over or resharding: {text}")
+    if isinstance(exc, rex.RedisClusterException) and "cluster" in text.lower():
+        # e.g. CRM_KPI_REDIS_CLUSTER=true against a Redis without cluster mode, or no node answering.
+        return RedisAccessError("unreachable", f"Redis Cluster unusable at {where} (CRM_KPI_REDIS_CLUSTER): {text}")
     if isinstance(exc, rex.BusyLoadingError):
         return RedisAccessError("loading", f"Redis at {where} is loading its data")
     if isinstance(exc, rex.TimeoutError):

@@ -1,14 +1,19 @@
 """Redis key names: the one module that spells them.
 
-Every key carries the hash tag `{prefix}` so one batch's keys live in one Redis
-Cluster slot and a single Lua script may touch them all.
+State is co-partitioned with Kafka (docs/design.md "Scaling out"): every key of
+partition group `p` (Kafka partition number p of every event topic) carries the
+hash tag `{prefix:p<p>}`, so one group's keys live in one Redis Cluster slot and
+one Lua script may write them atomically, while the groups spread over the
+cluster's slots. The one key outside any group is the registry of groups
+(`{prefix:groups}`), which tells readers which groups to read.
+An ACL key pattern `~{prefix:*` covers every key of a prefix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BUCKET_TOKEN_FIELD", "Keys"]
+__all__ = ["BUCKET_TOKEN_FIELD", "Keys", "group_of"]
 
 BUCKET_TOKEN_FIELD = "~v"
 """Field of every window bucket hash holding the token of the batch that last wrote it.
@@ -19,15 +24,37 @@ No counter code contains `~`.
 """
 
 
+def group_of(field: str) -> int:
+    """The partition group of an offsets field 'topic:partition': its partition number."""
+    return int(field.rpartition(":")[2])
+
+
 @dataclass(frozen=True)
 class Keys:
-    """Key builder for one key prefix (setting CRM_KPI_REDIS_KEY_PREFIX)."""
+    """Key builder for one key prefix (setting CRM_KPI_REDIS_KEY_PREFIX) and one partition group.
+
+    `Keys(prefix)` is group 0; `keys.group(p)` the same prefix for group p. A Lua call
+    only ever touches the keys of one group (one Redis Cluster slot).
+    """
 
     prefix: str = "crm"
+    partition: int = 0
+
+    def group(self, partition: int) -> Keys:
+        """The keys of partition group `partition` (Kafka partition number `partition` of every event topic)."""
+        return self if partition == self.partition else Keys(self.prefix, partition)
+
+    @property
+    def registry(self) -> str:
+        """Set of the partition groups ever written: what a reader reads.
+
+        Its own slot; never expires, like the offsets (at most 1024 small members).
+        """
+        return "{" + self.prefix + ":groups}"
 
     @property
     def tag(self) -> str:
-        return "{" + self.prefix + "}"
+        return "{" + self.prefix + ":p" + str(self.partition) + "}"
 
     @property
     def offsets(self) -> str:

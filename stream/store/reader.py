@@ -1,7 +1,14 @@
 """The readers' side of Redis: the exporter's snapshot and `crm-kpi at-risk` (blocking client).
 
-A snapshot is one Lua call (`lua/read.lua`) whatever the number of windows,
-buckets and sorted sets, so a scrape costs one round trip; with a `ReadCache`
+State is kept per partition group (`stream.store.keys`); a reader merges the groups:
+window counters and current counters are summed, distinct-count members are united
+(a member's counts summed over the groups), sorted-set statistics combined (sizes and
+counts summed, the lowest score the least of the groups').
+
+On a single Redis a snapshot is one Lua call (`lua/read.lua`) whatever the number of
+windows, buckets, sorted sets and groups (it also returns the registry of groups, so a
+new group costs one more call, once); on a Redis Cluster it is a read of the registry
+and one call per group (each group is one slot). With a `ReadCache`
 it also transfers and sums only the buckets written since the last read.
 """
 
@@ -13,16 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
+import redis.cluster
 import redis.exceptions
 
 from stream.events.windows import Window
 from stream.kpis import DISTINCT_COUNTS, Current, KpiConfig, Totals, ZStat, churn_risk, sorted_set_queries
 from stream.kpis.customers import AT_RISK, RISK, RiskState
+from stream.store.connection import SyncClient
 from stream.store.keys import BUCKET_TOKEN_FIELD, Keys
 from stream.store.writer import as_text, lua_script
 
-__all__ = ["ReadCache", "Snapshot", "read_at_risk", "read_snapshot"]
+__all__ = ["ReadCache", "Snapshot", "read_at_risk", "read_snapshot", "registered_groups"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ _READ_LUA = lua_script("read.lua")
 _READ_SHA = hashlib.sha1(_READ_LUA.encode()).hexdigest()
 
 
-def _evalsha_ro(client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+def _evalsha_ro(client: SyncClient, keys: list[str], args: list[Any]) -> Any:
     """Run read.lua with EVALSHA_RO (Redis 7+): read-only, so a read-only ACL user may run it.
 
     The script is loaded once per server (SCRIPT LOAD after a NOSCRIPT reply).
@@ -50,46 +58,56 @@ def _evalsha_ro(client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
 
 
 class _Held:
-    """The hashes of one kind (a window's buckets, or one distinct count's) a reader holds, by bucket."""
+    """The hashes of one kind (a window's buckets, or one distinct count's) a reader holds, by group and bucket.
+
+    The sums run over every group's hashes: the merge of the groups costs nothing at read time.
+    """
 
     def __init__(self) -> None:
-        self.hashes: dict[int, tuple[str, dict[str, int]]] = {}
+        self.hashes: dict[int, dict[int, tuple[str, dict[str, int]]]] = {}
 
     def _apply(self, fields: dict[str, int], sign: int) -> None:
         raise NotImplementedError
 
-    def add(self, bucket: int, token: str, fields: dict[str, int]) -> None:
-        if bucket in self.hashes:
-            self.drop(bucket)
-        self.hashes[bucket] = (token, fields)
+    def add(self, group: int, bucket: int, token: str, fields: dict[str, int]) -> None:
+        held = self.hashes.setdefault(group, {})
+        if bucket in held:
+            self.drop(group, bucket)
+        held[bucket] = (token, fields)
         self._apply(fields, 1)
 
-    def drop(self, bucket: int) -> None:
-        _, fields = self.hashes.pop(bucket)
+    def drop(self, group: int, bucket: int) -> None:
+        _, fields = self.hashes[group].pop(bucket)
         self._apply(fields, -1)
 
-    def keep(self, first: int, last: int) -> None:
-        """Forget the buckets that slid out of [first, last]."""
-        for bucket in [b for b in self.hashes if not first <= b <= last]:
-            self.drop(bucket)
+    def keep(self, groups: Sequence[int], first: int, last: int) -> None:
+        """Forget the buckets that slid out of [first, last], and every bucket of a group no longer listed."""
+        for group in [g for g in self.hashes if g not in groups]:
+            for bucket in list(self.hashes[group]):
+                self.drop(group, bucket)
+            del self.hashes[group]
+        for group, held in self.hashes.items():
+            for bucket in [b for b in held if not first <= b <= last]:
+                self.drop(group, bucket)
 
-    def held(self) -> list[Any]:
-        """n, then the (bucket, token) pairs: what read.lua compares with Redis."""
-        out: list[Any] = [len(self.hashes)]
-        for bucket, (token, _) in self.hashes.items():
+    def held(self, group: int) -> list[Any]:
+        """n, then the (bucket, token) pairs of one group: what read.lua compares with Redis."""
+        hashes = self.hashes.get(group, {})
+        out: list[Any] = [len(hashes)]
+        for bucket, (token, _) in hashes.items():
             out += [bucket, token]
         return out
 
-    def update(self, reply: Sequence[Any]) -> None:
-        """Apply read.lua's {fetched, gone} for this kind."""
+    def update(self, group: int, reply: Sequence[Any]) -> None:
+        """Apply read.lua's {fetched, gone} for this kind in one group."""
         fetched, gone = reply
         for bucket in gone:
-            self.drop(int(bucket))
+            self.drop(group, int(bucket))
         for j in range(0, len(fetched), 3):
             flat = fetched[j + 2]
             names = map(as_text, flat[0::2])
             fields = {n: int(v) for n, v in zip(names, flat[1::2], strict=True) if n != BUCKET_TOKEN_FIELD}
-            self.add(int(fetched[j]), as_text(fetched[j + 1]), fields)
+            self.add(group, int(fetched[j]), as_text(fetched[j + 1]), fields)
 
 
 class _WindowSums(_Held):
@@ -112,7 +130,11 @@ class _WindowSums(_Held):
 
 
 class _DistinctSums(_Held):
-    """An exact distinct count over a window: members' summed counts, and how many reach 1 and 2."""
+    """An exact distinct count over a window: members' summed counts, and how many reach 1 and 2.
+
+    A member (a user id) may appear in several groups: its counts are summed over them, so
+    it is counted once, exactly as if every group's hashes were one.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -147,11 +169,12 @@ class ReadCache:
     def __init__(self) -> None:
         self.windows: dict[str, _WindowSums] = {}
         self.distinct: dict[tuple[str, str], _DistinctSums] = {}
+        self.groups: list[int] = []  # the partition groups of the last read (single Redis: from its reply)
         self.lock = threading.Lock()
 
 
 def read_snapshot(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     windows: Sequence[Window],
     config: KpiConfig,
@@ -159,7 +182,7 @@ def read_snapshot(
     future_skew_s: float,
     cache: ReadCache | None = None,
 ) -> Snapshot:
-    """Read all windows' summed counters and the current state in one Lua call.
+    """Read all windows' summed counters and the current state, every partition group merged.
 
     Each window's totals also carry its exact distinct counts (`DistinctCount`)
     and the current counters (`Totals.current`). `now_s` is unix seconds;
@@ -171,8 +194,13 @@ def read_snapshot(
         return _read(client, keys, windows, config, now_s, future_skew_s, cache)
 
 
+def registered_groups(client: SyncClient, keys: Keys) -> list[int]:
+    """The partition groups the workers registered (`Keys.registry`), in order."""
+    return sorted(int(g) for g in client.smembers(keys.registry))
+
+
 def _read(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     windows: Sequence[Window],
     config: KpiConfig,
@@ -181,61 +209,117 @@ def _read(
     cache: ReadCache,
 ) -> Snapshot:
     queries = sorted_set_queries(now_s, config)
-    held: list[tuple[_WindowSums, list[_DistinctSums]]] = []
-    argv: list[Any] = [BUCKET_TOKEN_FIELD, len(windows)]
-    for w in windows:
-        first, last = w.first_bucket(now_s), w.last_bucket(now_s, future_skew_s)
-        sums = cache.windows.setdefault(w.label, _WindowSums())
-        sums.keep(first, last)
-        argv += [keys.bucket_prefix(w.label), keys.distinct_prefix(w.label), first, last, *sums.held()]
-        argv.append(len(DISTINCT_COUNTS))
-        members: list[_DistinctSums] = []
-        for d in DISTINCT_COUNTS:
-            seen = cache.distinct.setdefault((w.label, d.name), _DistinctSums())
-            seen.keep(first, last)
-            argv += [d.name, *seen.held()]
-            members.append(seen)
-        held.append((sums, members))
-    argv += [keys.current, len(queries)]
-    for name, threshold in queries.items():
-        argv += [keys.zset(name), repr(threshold)]
-    reply = _evalsha_ro(client, [keys.current], argv)
+    cluster = isinstance(client, redis.cluster.RedisCluster)
+    # On a cluster the registry is another slot: read apart. On a single Redis the read
+    # returns it, and only a group the cache did not know yet costs a second call.
+    groups = registered_groups(client, keys) if cluster else cache.groups
+    sums_of = [cache.windows.setdefault(w.label, _WindowSums()) for w in windows]
+    members_of = [
+        [cache.distinct.setdefault((w.label, d.name), _DistinctSums()) for d in DISTINCT_COUNTS] for w in windows
+    ]
+    bounds = [(w.first_bucket(now_s), w.last_bucket(now_s, future_skew_s)) for w in windows]
+
+    def keep(groups: Sequence[int]) -> None:
+        for sums, members, (first, last) in zip(sums_of, members_of, bounds, strict=True):
+            for held in (sums, *members):
+                held.keep(groups, first, last)
+
+    def group_argv(group: int) -> list[Any]:
+        gk = keys.group(group)
+        argv: list[Any] = [len(windows)]
+        for w, sums, members, (first, last) in zip(windows, sums_of, members_of, bounds, strict=True):
+            argv += [gk.bucket_prefix(w.label), gk.distinct_prefix(w.label), first, last, *sums.held(group)]
+            argv.append(len(DISTINCT_COUNTS))
+            for d, seen in zip(DISTINCT_COUNTS, members, strict=True):
+                argv += [d.name, *seen.held(group)]
+        argv += [gk.current, len(queries)]
+        for name, threshold in queries.items():
+            argv += [gk.zset(name), repr(threshold)]
+        return argv
+
+    def call(groups: Sequence[int], registry: str) -> tuple[list[int], dict[int, Any]]:
+        argv: list[Any] = [BUCKET_TOKEN_FIELD, registry, len(groups)]
+        for g in groups:
+            argv += group_argv(g)
+        route = [keys.group(groups[0]).current] if groups else [keys.registry]
+        reply = _evalsha_ro(client, route, argv)
+        return sorted(int(g) for g in reply[0]), dict(zip(groups, reply[1:], strict=True))
+
+    def absorb(replies: dict[int, Any]) -> None:
+        for group, reply in replies.items():
+            for j, window_reply in enumerate(reply[: len(windows)]):
+                sums_of[j].update(group, window_reply[0])
+                for seen, distinct_reply in zip(members_of[j], window_reply[1:], strict=True):
+                    seen.update(group, distinct_reply)
+
+    keep(groups)
+    replies: dict[int, Any] = {}
+    if cluster:
+        for g in groups:  # each group is one slot, possibly on another node: one call per group
+            replies.update(call([g], "")[1])
+        absorb(replies)
+    else:
+        registered, replies = call(groups, keys.registry)
+        absorb(replies)
+        if registered != groups:
+            keep(registered)
+            new = [g for g in registered if g not in replies]
+            if new:
+                more = call(new, "")[1]
+                absorb(more)
+                replies.update(more)
+            groups = cache.groups = registered
+
+    counters = Totals()
+    zsize: dict[str, int] = dict.fromkeys(queries, 0)
+    zbelow: dict[str, int] = dict.fromkeys(queries, 0)
+    zlowest: dict[str, float | None] = dict.fromkeys(queries)
+    for group in groups:
+        reply = replies[group]
+        cur_flat = reply[len(windows)]
+        for name, value in zip(map(as_text, cur_flat[0::2]), cur_flat[1::2], strict=True):
+            counters[name] = counters.get(name, 0) + int(value)
+        for name, (size, below, lowest) in zip(queries, reply[len(windows) + 1 :], strict=True):
+            zsize[name] += int(size)
+            zbelow[name] += int(below)
+            low = as_text(lowest)
+            if low:
+                prev = zlowest[name]
+                zlowest[name] = float(low) if prev is None else min(prev, float(low))
     totals: dict[str, Totals] = {}
-    for w, (sums, members), window_reply in zip(windows, held, reply, strict=False):
-        sums.update(window_reply[0])
+    for w, sums, members in zip(windows, sums_of, members_of, strict=True):
         window = Totals(sums.sums)
-        for d, seen, distinct_reply in zip(DISTINCT_COUNTS, members, window_reply[1:], strict=True):
-            seen.update(distinct_reply)
+        for d, seen in zip(DISTINCT_COUNTS, members, strict=True):
             window[d.distinct_field] = seen.distinct
             window[d.repeated_field] = seen.repeated
+        window.current = counters
         totals[w.label] = window
-    cur_flat = reply[len(windows)]
-    counters = Totals(zip(map(as_text, cur_flat[0::2]), map(int, cur_flat[1::2]), strict=True))
-    for t in totals.values():
-        t.current = counters
-    zstats: dict[str, ZStat] = {}
-    for name, (size, below, lowest) in zip(queries, reply[len(windows) + 1 :], strict=True):
-        low = as_text(lowest)
-        zstats[name] = ZStat(int(size), int(below), float(low) if low else None)
+    zstats = {name: ZStat(zsize[name], zbelow[name], zlowest[name]) for name in queries}
     return Snapshot(totals, Current(counters, zstats, now_s, config, totals))
 
 
-def read_at_risk(client: redis.Redis, keys: Keys, now_s: float, top: int | None = None) -> list[dict[str, Any]]:
+def read_at_risk(client: SyncClient, keys: Keys, now_s: float, top: int | None = None) -> list[dict[str, Any]]:
     """Customers at churn risk now, highest points first: id, points, reasons, until (unix s).
 
     The at-risk set holds each customer scored by the moment they fall under the
     threshold; points and reasons are recomputed at `now_s` from the stored items.
+    Every partition group has its own set and states; the lists are merged.
     """
-    members: list[tuple[Any, float]] = client.zrangebyscore(  # type: ignore[assignment]
-        keys.zset(AT_RISK.name), f"({now_s!r}", "+inf", withscores=True
-    )
-    if not members:
-        return []
-    ids = [as_text(m) for m, _ in members]
-    raw = client.mget([keys.entity(RISK.key_tag, c) for c in ids])
+    found: list[tuple[str, float, Any]] = []
+    for group in registered_groups(client, keys):
+        gk = keys.group(group)
+        members: list[tuple[Any, float]] = client.zrangebyscore(  # type: ignore[assignment]
+            gk.zset(AT_RISK.name), f"({now_s!r}", "+inf", withscores=True
+        )
+        if not members:
+            continue
+        ids = [as_text(m) for m, _ in members]
+        # One group's keys share a slot: one MGET even on a cluster.
+        raw: list[Any] = client.mget([gk.entity(RISK.key_tag, c) for c in ids])
+        found += [(cid, until, state) for cid, (_, until), state in zip(ids, members, raw, strict=True)]
     now_us = int(now_s * 1_000_000)
     out: list[dict[str, Any]] = []
-    for cid, (_, until), state_raw in zip(ids, members, raw, strict=True):
+    for cid, until, state_raw in found:
         state = RiskState.decode(as_text(state_raw) if state_raw is not None else None)
         out.append(
             {

@@ -1,28 +1,34 @@
 """The worker's side of Redis: the batch read and the atomic batch write.
 
-Each batch costs two round trips whatever its size: one read of entity states
-(`lua/states.lua`) and one Lua call (`lua/apply.lua`) that checks the offset
-fence, the dedupe sets and the entity states read, then writes the whole delta.
+Each partition group of a batch (the records of one Kafka partition number, whose
+keys share one hash tag: `stream.store.keys`) costs two round trips whatever its
+size: one read of entity states (`lua/states.lua`) and one Lua call
+(`lua/apply.lua`) that checks the offset fence, the dedupe sets and the entity
+states read, then writes the whole delta. The groups of a batch are written
+concurrently, each atomically; atomic per group is what the fence needs, since
+offsets are per partition.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import math
 import os
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 
 from stream.events.fold import BatchDelta
 from stream.kpis import UNPRUNED_SORTED_SETS
-from stream.store.keys import BUCKET_TOKEN_FIELD, Keys
+from stream.store.connection import AsyncClient
+from stream.store.keys import BUCKET_TOKEN_FIELD, Keys, group_of
 
 __all__ = ["ApplyOutcome", "AsyncStore", "LogMark", "as_text", "dedupe_slots", "event_digest", "lua_script"]
 
@@ -68,10 +74,20 @@ class LogMark:
     """Fingerprint of the last record applied (`stream.worker.logcheck.Fingerprint`), if recorded."""
 
 
-class AsyncStore:
-    """The worker's side of Redis."""
+def _by_group(fields: Iterable[str]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = defaultdict(list)
+    for f in fields:
+        out[group_of(f)].append(f)
+    return out
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, dedupe_horizon_s: float, state_ttl_s: float) -> None:
+
+class AsyncStore:
+    """The worker's side of Redis (a single Redis or a Redis Cluster: the calls are the same).
+
+    Offsets fields are 'topic:partition'; each is kept in its partition group's keys.
+    """
+
+    def __init__(self, client: AsyncClient, keys: Keys, dedupe_horizon_s: float, state_ttl_s: float) -> None:
         self.client = client
         self.keys = keys
         self.dedupe_horizon_s = dedupe_horizon_s
@@ -83,22 +99,48 @@ class AsyncStore:
 
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
         """Next offset to apply per 'topic:partition' field, for those Redis knows."""
-        fields = list(fields)
-        if not fields:
+        groups = _by_group(fields)
+        if not groups:
             return {}
-        values = await self.client.hmget(self.keys.offsets, fields)
-        return {f: int(v) for f, v in zip(fields, values, strict=True) if v is not None}
+        replies = await asyncio.gather(*(self.client.hmget(self.keys.group(g).offsets, fs) for g, fs in groups.items()))
+        return {
+            f: int(v)
+            for fs, values in zip(groups.values(), replies, strict=True)
+            for f, v in zip(fs, values, strict=True)
+            if v is not None
+        }
 
     async def load_marks(self, fields: Iterable[str]) -> dict[str, LogMark]:
         """Offset and last-record fingerprint per 'topic:partition' field, read in one atomic step."""
-        fields = list(fields)
-        if not fields:
+        groups = _by_group(fields)
+        if not groups:
             return {}
-        offsets, marks = await self._marks(keys=[self.keys.offsets, self.keys.log_marks], args=fields)
-        return {
-            f: LogMark(int(o) if o is not None else None, as_text(m) if m is not None else None)
-            for f, o, m in zip(fields, offsets, marks, strict=True)
-        }
+        replies = await asyncio.gather(
+            *(
+                self._marks(keys=[self.keys.group(g).offsets, self.keys.group(g).log_marks], args=fs)
+                for g, fs in groups.items()
+            )
+        )
+        out: dict[str, LogMark] = {}
+        for fs, (offsets, marks) in zip(groups.values(), replies, strict=True):
+            for f, o, m in zip(fs, offsets, marks, strict=True):
+                out[f] = LogMark(int(o) if o is not None else None, as_text(m) if m is not None else None)
+        return out
+
+    async def register(self, groups: Iterable[int]) -> None:
+        """Add partition groups to the registry readers read (idempotent; called on every resync).
+
+        Not part of the batch write: on a cluster the registry is another slot. A worker
+        registers its groups before it applies anything to them, and again every resync,
+        so a registry lost with a node is written back within a second (the offsets check).
+        """
+        members = sorted(set(groups))
+        if members:
+            await self.client.sadd(self.keys.registry, *members)
+
+    async def registered_groups(self) -> list[int]:
+        """The partition groups in the registry, in order."""
+        return sorted(int(g) for g in await self.client.smembers(self.keys.registry))
 
     async def anchor(
         self, field: str, expected: int | None, new: int | None, mark: str | None = None, lost: int = 0
@@ -108,8 +150,10 @@ class AsyncStore:
         The fingerprint is replaced by `mark` (None: deleted); `lost` > 0 adds that many records
         to the partition's gap (`load_gaps`). Returns (done, the offset Redis held).
         """
+        keys = self.keys.group(group_of(field))
+        await self.register([keys.partition])
         reply = await self._anchor(
-            keys=[self.keys.offsets, self.keys.log_marks, self.keys.gaps],
+            keys=[keys.offsets, keys.log_marks, keys.gaps],
             args=[field, _or_absent(expected), _or_absent(new), mark or "", lost, f"{time.time():.3f}"],
         )
         held = int(reply[1])
@@ -117,16 +161,20 @@ class AsyncStore:
 
     async def load_gaps(self, fields: Iterable[str] | None = None) -> dict[str, tuple[int, float]]:
         """Records the KPIs are known to miss per field, and when the latest were lost (unix s)."""
-        items: list[tuple[str, Any]]
+        items: list[tuple[str, Any]] = []
         if fields is None:
-            raw = await self.client.hgetall(self.keys.gaps)
-            items = [(as_text(k), v) for k, v in raw.items()]
+            groups = await self.registered_groups()
+            raws = await asyncio.gather(*(self.client.hgetall(self.keys.group(g).gaps) for g in groups))
+            items = [(as_text(k), v) for raw in raws for k, v in raw.items()]
         else:
-            fields = list(fields)
-            if not fields:
+            by_group = _by_group(fields)
+            if not by_group:
                 return {}
-            values: list[Any] = await self.client.hmget(self.keys.gaps, fields)
-            items = list(zip(fields, values, strict=True))
+            replies = await asyncio.gather(
+                *(self.client.hmget(self.keys.group(g).gaps, fs) for g, fs in by_group.items())
+            )
+            for fs, values in zip(by_group.values(), replies, strict=True):
+                items += zip(fs, values, strict=True)
         out: dict[str, tuple[int, float]] = {}
         for field, value in items:
             if value is None:
@@ -135,8 +183,8 @@ class AsyncStore:
             out[field] = (int(records), float(since or 0))
         return out
 
-    async def read_states(self, entity_keys: Sequence[str]) -> dict[str, str | None]:
-        """The raw states of these entities (None when absent); no round trip for none.
+    async def read_states(self, group: int, entity_keys: Sequence[str]) -> dict[str, str | None]:
+        """The raw states of these entities of partition group `group` (None when absent); no round trip for none.
 
         One script call with the keys as one JSON argument (lua/states.lua), not an
         MGET with one argument per key: packing those cost ~1 µs a key in the client.
@@ -144,12 +192,14 @@ class AsyncStore:
         if not entity_keys:
             return {}
         values = cast(
-            list[bytes | None], await self._states(keys=[self.keys.offsets], args=[orjson.dumps(list(entity_keys))])
+            list[bytes | None],
+            await self._states(keys=[self.keys.group(group).offsets], args=[orjson.dumps(list(entity_keys))]),
         )
         return {k: (v.decode() if v is not None else None) for k, v in zip(entity_keys, values, strict=True)}
 
     async def apply(
         self,
+        group: int,
         delta: BatchDelta,
         offsets: Sequence[tuple[str, int, int]],
         digests: Sequence[bytes],
@@ -157,7 +207,10 @@ class AsyncStore:
         firsts: Mapping[str, int] | None = None,
         marks: Mapping[str, str] | None = None,
     ) -> ApplyOutcome:
-        """Atomically: fence offsets (field, expected or -1, new), dedupe, write the delta.
+        """Atomically in partition group `group`: fence offsets (field, expected or -1, new), dedupe, write the delta.
+
+        Every offsets field must belong to `group`, and the delta's entity keys too (the fold
+        builds them with that group's `Keys.entity_prefix`).
 
         `firsts` gives the offset each partition's batch starts at (default: the expected one);
         where Redis holds an offset, the batch must start exactly there, else it is refused
@@ -167,29 +220,30 @@ class AsyncStore:
         'duplicate' and detail = the 1-based indexes of the digests already recorded (a
         duplicate from an earlier batch or another worker).
         """
+        keys = self.keys.group(group)
         current, slots, dd_expire = dedupe_slots(now_s, self.dedupe_horizon_s)
         argv: list[Any] = [len(offsets)]
         for name, expected, new in offsets:
             first = firsts.get(name, expected) if firsts is not None else expected
             argv += [name, expected, first, new, marks.get(name, "") if marks is not None else ""]
-        argv += [self.keys.dedupe(current), dd_expire, len(slots)]
-        argv += [self.keys.dedupe(s) for s in slots]
+        argv += [keys.dedupe(current), dd_expire, len(slots)]
+        argv += [keys.dedupe(s) for s in slots]
         argv.append(b"".join(digests))
-        argv.append(self.encode_delta(delta, now_s))
-        reply = await self._apply(keys=[self.keys.offsets, self.keys.log_marks], args=argv)
+        argv.append(self.encode_delta(delta, now_s, keys))
+        reply = await self._apply(keys=[keys.offsets, keys.log_marks], args=argv)
         status = as_text(reply[0])
         if status == "ok":
             return ApplyOutcome(True)
         return ApplyOutcome(False, status, " ".join(as_text(x) for x in reply[1:]))
 
-    def encode_delta(self, delta: BatchDelta, now_s: float) -> bytes:
+    def encode_delta(self, delta: BatchDelta, now_s: float, keys: Keys | None = None) -> bytes:
         """The delta as one JSON document for apply.lua (cjson), built by orjson in C.
 
         One argument instead of one per counter: redis-py packs arguments in
         Python, which cost more than the fold itself for large batches. Integers
         beyond ±2^53 travel as strings, since Lua numbers are doubles.
         """
-        keys, ttl_ms = self.keys, int(self.state_ttl_s * 1000)
+        keys, ttl_ms = keys or self.keys, int(self.state_ttl_s * 1000)
         persistent = delta.persistent
         # Entities holding open "current" figures (an unpaid invoice, an open deal, a
         # backlog ticket) outlive the TTL, or their closing event could not retract them.

@@ -41,6 +41,14 @@ _REDIS_DOWN = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
+    # A Redis Cluster failing over or resharding, once the client's own redirects and
+    # retries ran out: CLUSTERDOWN (and MASTERDOWN), TRYAGAIN (a multi-key call during a
+    # slot migration), a redirect loop, a slot no node serves yet, no node reachable.
+    # Retrying is safe: a write whose reply was lost is settled by the offset fence.
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,
+    redis.exceptions.RedisClusterException,
     OSError,
 )
 # Refusals no retry fixes until an operator acts: wrong password, missing ACL rights.
@@ -86,7 +94,11 @@ Span = tuple[int, int]
 
 @dataclass
 class Prepared:
-    """A decoded batch waiting for its Redis write."""
+    """The records of one partition group of a decoded batch, waiting for their Redis write.
+
+    A group is one Kafka partition number across the event topics: its keys share one
+    hash tag (`stream.store.keys`), so its write is one atomic script even on a cluster.
+    """
 
     # (partition field, first offset of the batch, next offset after it, fingerprint of its last record or "")
     ranges: list[tuple[str, int, int, str]]
@@ -97,6 +109,7 @@ class Prepared:
     entity_keys: list[str]
     seconds: float
     newest: dict[str, int]  # partition field -> newest occurred_at (µs) of its valid records
+    group: int = 0  # the partition group (Kafka partition number) of every record here
 
 
 class BatchProcessor:
@@ -139,15 +152,34 @@ class BatchProcessor:
         stored). Records below it were applied already and are skipped.
         Raises OffsetConflict when Redis disagrees (the caller re-seeks).
         """
-        return await self.apply(self.prepare(batch, expected, spans), expected)
+        return await self.apply_all(self.prepare(batch, expected, spans), expected)
 
     def prepare(
         self,
         batch: Mapping[Any, Sequence[Any]],
         expected: Mapping[str, int],
         spans: Mapping[Any, Span] | None = None,
+    ) -> list[Prepared]:
+        """The CPU half of a batch (no I/O), per partition group: see `prepare_group`.
+
+        Groups are prepared, read and written separately: each group's entity states,
+        dedupe sets and offsets are keys of its own hash tag. In-batch repeats are dropped
+        per group, as the dedupe sets are per group (a producer's retry has the original's
+        key, hence its partition: docs/events.md).
+        """
+        groups: dict[int, dict[Any, Sequence[Any]]] = {}
+        for tp, records in batch.items():
+            groups.setdefault(tp.partition, {})[tp] = records
+        return [self.prepare_group(g, part, expected, spans) for g, part in sorted(groups.items())]
+
+    def prepare_group(
+        self,
+        group: int,
+        batch: Mapping[Any, Sequence[Any]],
+        expected: Mapping[str, int],
+        spans: Mapping[Any, Span] | None = None,
     ) -> Prepared:
-        """The CPU half of a batch (no I/O): decode, classify, digest, drop in-batch repeats.
+        """The CPU half of one group's records (no I/O): decode, classify, digest, drop in-batch repeats.
 
         `spans` gives each partition's consumer positions before and after its records
         (default: its first record, or the expected offset, and its last record + 1); the
@@ -197,10 +229,51 @@ class BatchProcessor:
                 index.add(d)
                 digests.append(d)
                 unique.append((ev, t_us))
-        ent_keys = entity_keys([ev for ev, _ in unique], self._context(time.time()))
+        ent_keys = entity_keys([ev for ev, _ in unique], self._context(time.time(), group))
         return Prepared(
-            ranges, unique, digests, rejected, len(valid) - len(unique), ent_keys, time.perf_counter() - started, newest
+            ranges,
+            unique,
+            digests,
+            rejected,
+            len(valid) - len(unique),
+            ent_keys,
+            time.perf_counter() - started,
+            newest,
+            group,
         )
+
+    async def read_all_states(self, parts: Sequence[Prepared]) -> list[dict[str, str | None]]:
+        """Each group's entity states, read concurrently (one script call per group)."""
+        return list(await asyncio.gather(*(self.read_states(p) for p in parts)))
+
+    async def apply_all(
+        self,
+        parts: Sequence[Prepared],
+        expected: Mapping[str, int],
+        states: Sequence[Mapping[str, str | None] | None] | None = None,
+    ) -> dict[str, int]:
+        """Apply every group of a batch, concurrently, each in its own atomic write.
+
+        All are awaited even when one fails, so nothing is still writing when the caller
+        resyncs; then the first failure is raised (the groups that were applied are seen
+        applied by the resync, which reads every offset from Redis).
+        """
+        results = await asyncio.gather(
+            *(self.apply(p, expected, states[j] if states is not None else None) for j, p in enumerate(parts)),
+            return_exceptions=True,
+        )
+        applied: dict[str, int] = {}
+        failure: BaseException | None = None
+        for r in results:
+            if isinstance(r, BaseException):
+                # An offset conflict says more than a Stopping of another group: raise it first.
+                if failure is None or (isinstance(r, OffsetConflict) and not isinstance(failure, OffsetConflict)):
+                    failure = r
+            else:
+                applied.update(r)
+        if failure is not None:
+            raise failure
+        return applied
 
     async def apply(
         self, prep: Prepared, expected: Mapping[str, int], states: Mapping[str, str | None] | None = None
@@ -231,9 +304,10 @@ class BatchProcessor:
             now_s = time.time()
             if states is None:
                 states = await self.read_states(prep)
-            delta = fold(unique, states, self._context(now_s), self._memo)
+            delta = fold(unique, states, self._context(now_s, prep.group), self._memo)
             outcome = await self._retry(
-                lambda d=delta, f=digests, t=now_s: self.store.apply(d, offsets, f, t, firsts, marks), "redis write"
+                lambda d=delta, f=digests, t=now_s: self.store.apply(prep.group, d, offsets, f, t, firsts, marks),
+                "redis write",
             )
             if outcome.ok:
                 self._memo.remember(delta)
@@ -265,13 +339,13 @@ class BatchProcessor:
         m.batch_seconds.observe(prep.seconds + time.perf_counter() - started)
         return {field: new for field, _, new in offsets}
 
-    def _context(self, now_s: float) -> FoldContext:
-        return FoldContext(now_s, self.windows, self._rules, self.keys.entity_prefix)
+    def _context(self, now_s: float, group: int) -> FoldContext:
+        return FoldContext(now_s, self.windows, self._rules, self.keys.group(group).entity_prefix)
 
     async def read_states(self, prep: Prepared) -> dict[str, str | None]:
         """The current Redis states of the entities the batch touches (retried through outages)."""
-        keys = prep.entity_keys
-        result: dict[str, str | None] = await self._retry(lambda: self.store.read_states(keys), "redis read")
+        keys, group = prep.entity_keys, prep.group
+        result: dict[str, str | None] = await self._retry(lambda: self.store.read_states(group, keys), "redis read")
         return result
 
     async def load_offsets(self, fields: list[str]) -> dict[str, int]:
@@ -283,6 +357,10 @@ class BatchProcessor:
         """Redis's offset and last-record fingerprint per partition field (retried through outages)."""
         result: dict[str, LogMark] = await self._retry(lambda: self.store.load_marks(fields), "load offsets")
         return result
+
+    async def register(self, groups: set[int]) -> None:
+        """Add the partition groups to the readers' registry (retried through outages)."""
+        await self._retry(lambda: self.store.register(groups), "register partition groups")
 
     async def anchor(
         self, field: str, expected: int | None, new: int, lost: int = 0
@@ -308,7 +386,9 @@ class BatchProcessor:
         while True:
             try:
                 result = await call()
-            except (*_REDIS_REFUSED, *_REDIS_DOWN) as exc:
+            except (*_REDIS_REFUSED, *_REDIS_DOWN, redis.exceptions.ResponseError) as exc:
+                if not isinstance(exc, (*_REDIS_REFUSED, *_REDIS_DOWN)) and not _is_cluster_transient(exc):
+                    raise  # a script's or command's own error: a bug, not an outage
                 self.metrics.redis_errors.inc()
                 failure = describe_redis_error(exc, self.settings)
                 wait = _PERMANENT_RETRY_S if failure.permanent else delay
@@ -317,6 +397,15 @@ class BatchProcessor:
             except TopicAuthorizationFailedError as exc:
                 wait, failing = _PERMANENT_RETRY_S, "kafka"
                 health.failed(failing, "acl", f"{what}: Kafka denies access to a topic ({exc})", True, wait)
+            except RuntimeError as exc:
+                if not _is_closed_transport(exc):
+                    raise
+                # redis-py's asyncio cluster client closes the connections of nodes it drops when
+                # it reloads the slot map (a failover, a moved slot), under calls in flight on them.
+                self.metrics.redis_errors.inc()
+                failing = "redis"
+                health.failed(failing, "unreachable", f"{what}: Redis connection closed under the call", False, delay)
+                wait = delay
             except Exception as exc:
                 if not _is_kafka_transient(exc):
                     raise
@@ -336,6 +425,23 @@ class BatchProcessor:
             else:
                 raise Stopping(what)
             delay = min(_MAX_BACKOFF_S, delay * 2) * (0.8 + 0.4 * random.random())
+
+
+# What a Redis Cluster node answers a script while a slot moves or the cluster fails over,
+# when redis-py passes it on as a plain error: the scripts fail before their first write
+# then (stream/store/lua/apply.lua, step 5), so retrying is safe.
+_CLUSTER_TRANSIENT = ("non local key", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "cluster is down")
+
+
+def _is_cluster_transient(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(mark in text for mark in _CLUSTER_TRANSIENT)
+
+
+def _is_closed_transport(exc: RuntimeError) -> bool:
+    """The event loop refusing a write on a transport the client closed (uvloop and asyncio say it so)."""
+    text = str(exc)
+    return "handler is closed" in text or "closed=True" in text or "Transport is closed" in text
 
 
 def _is_kafka_transient(exc: Exception) -> bool:

@@ -21,11 +21,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from stream.events.windows import make_windows
 from stream.kafka.clients import KafkaAccessError, check_kafka, kafka_client_options
@@ -33,7 +33,8 @@ from stream.kafka.logs import LogProbe, Verdict, fetch_target, judge, needs_reco
 from stream.kafka.topics import MissingTopicsError, require_topics
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys, LogMark
-from stream.store.connection import async_client, describe_redis_error
+from stream.store.connection import AsyncClient, async_client, describe_redis_error
+from stream.store.keys import group_of
 from stream.store.writer import lua_script
 from stream.worker.batch import _REDIS_DOWN, BatchProcessor, OffsetConflict, Span, Stopping, offset_field
 from stream.worker.dead_letters import DeadLetters
@@ -44,8 +45,9 @@ __all__ = ["BatchConsumer", "redis_client"]
 log = logging.getLogger(__name__)
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """An asyncio Redis client for the configured URL, user, password and TLS files."""
+def redis_client(settings: Settings) -> AsyncClient:
+    """An asyncio Redis client for the configured URL, user, password and TLS files (a cluster client with
+    CRM_KPI_REDIS_CLUSTER)."""
     return async_client(settings)
 
 
@@ -118,7 +120,7 @@ class BatchConsumer(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._probe: LogProbe | None = None
-        self._redis: aioredis.Redis | None = None
+        self._redis: AsyncClient | None = None
         self._processor: BatchProcessor | None = None
         self._store: AsyncStore | None = None
         self._inflight: tuple[asyncio.Future[dict[str, int]], list[TopicPartition]] | None = None
@@ -133,6 +135,13 @@ class BatchConsumer(Service):
         if not await self._wait_until_usable():
             return  # stopped before Kafka and Redis were usable: nothing was consumed
         self._redis = redis_client(s)
+        if isinstance(self._redis, AsyncRedisCluster):
+            # Load the slot map before the first concurrent calls (one per partition group):
+            # several calls starting it at once had it replace connections under each other.
+            try:
+                await self._redis.initialize()
+            except _REDIS_DOWN as exc:
+                log.warning("Redis Cluster slot map not loaded yet (%s); the first calls load it", exc)
         keys = Keys(s.redis_key_prefix)
         self._store = AsyncStore(self._redis, keys, s.dedupe_horizon, s.state_ttl)
         kafka = kafka_client_options(s)
@@ -211,6 +220,7 @@ class BatchConsumer(Service):
             # What the worker runs first: its script, and its offsets (no PING: its ACL need not allow it).
             await client.script_load(lua_script("apply.lua"))
             await client.hmget(Keys(s.redis_key_prefix).offsets, [offset_field(self.topics[0], 0)])
+            await client.smembers(Keys(s.redis_key_prefix).registry)
         except Exception as exc:  # every failure becomes one line: see describe_redis_error
             failure = describe_redis_error(exc, s)
             return "redis", failure.kind, str(failure), failure.permanent
@@ -298,13 +308,14 @@ class BatchConsumer(Service):
                 await self._resync("a partition left during a fetch")
                 return
             batch = {tp: recs for tp, recs in batch.items() if tp in spans}
-            prepared = processor.prepare(batch, self._expected, spans) if batch else None
+            prepared = processor.prepare(batch, self._expected, spans) if batch else []
             if not await self._finish_inflight():
                 return  # resynced from Redis: every partition was sought again, this batch is stale
-            if prepared is None or not prepared.ranges:
+            prepared = [p for p in prepared if p.ranges]
+            if not prepared:
                 return
-            states = await processor.read_states(prepared)
-            task = asyncio.ensure_future(processor.apply(prepared, self._expected, states))
+            states = await processor.read_all_states(prepared)
+            task = asyncio.ensure_future(processor.apply_all(prepared, self._expected, states))
             self._inflight = (task, list(batch))
         await asyncio.sleep(0)  # let the write go out before decoding the next batch
 
@@ -417,6 +428,9 @@ class BatchConsumer(Service):
             try:
                 # One attempt: during an outage the batch path already waits for Redis.
                 stored = await asyncio.wait_for(self._store.load_offsets(fields), timeout=2.0)
+                # The readers' registry of groups is another key (another slot on a cluster): write
+                # it back should a failover or a restore have lost it (an idempotent SADD).
+                await asyncio.wait_for(self._store.register(group_of(f) for f in fields), timeout=2.0)
             except (TimeoutError, *_REDIS_DOWN):
                 return
             moved = sorted(f for f, n in fields.items() if stored.get(f) != n)
@@ -603,6 +617,7 @@ class BatchConsumer(Service):
                 what,
                 _RUNBOOK,
             )
+        await self._processor.register({tp.partition for tp in owned})
         await self._load_gaps(owned)
         log.debug("resynced %d partitions after %s", len(owned), why)
         return True

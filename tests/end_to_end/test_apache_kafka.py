@@ -40,6 +40,7 @@ from tests.support.harness import (
     scrape,
     settings_of,
     stack_env,
+    stored_offsets,
     wait_for,
 )
 
@@ -318,8 +319,7 @@ async def test_kcat_producer_is_counted_exactly(
 
 async def _progress(client: aioredis.Redis, prefix: str) -> int:
     """Records applied so far, summed over partitions (from the worker's offset records in Redis)."""
-    raw = await client.hgetall("{" + prefix + "}:offsets")
-    return sum(int(v) for v in raw.values())
+    return sum((await stored_offsets(client, prefix)).values())
 
 
 @pytest.mark.slow

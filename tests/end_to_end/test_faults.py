@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from bench.reference import assert_matches, expected, make_stream
 from stream.devtools.servers import EmbeddedServer, start_redis
 from stream.kafka.topics import create_topics
+from stream.store.keys import Keys
 from tests.support.apache_kafka import ApacheKafka
 from tests.support.faults import (
     TcpProxy,
@@ -42,7 +43,7 @@ from tests.support.faults import (
     seed_of,
     worker_metrics,
 )
-from tests.support.harness import WorkerProcess, applied, produce, settings_of, stack_env, wait_for
+from tests.support.harness import WorkerProcess, applied, produce, settings_of, stack_env, stored_offsets, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -326,10 +327,10 @@ async def test_recreated_topic_pauses_its_partitions_until_an_operator_reanchors
         others = [str(p) for t, p in sorted(behind) if t == skipped[0] and p != skipped[1]]
         dry = crm_kpi(env, "offsets", "reset", *args, "--to-log-start", "--dry-run")
         assert dry.returncode == 0 and "would set" in dry.stdout, dry.stdout + dry.stderr
-        stored = await redis.hgetall("{" + prefix + "}:offsets")
+        stored = await stored_offsets(redis, prefix)
         for topic, partition in behind:  # nothing of the new logs applied there: not even the dry run
             tp = TopicPartition(topic, partition)
-            assert int(stored[f"{topic}:{partition}".encode()]) == old_ends[tp], tp
+            assert stored[f"{topic}:{partition}"] == old_ends[tp], tp
         for argv in (
             ["--topic", skipped[0], "--partition", str(skipped[1]), "--to-log-end"],
             ["--topic", skipped[0], *(x for p in others for x in ("--partition", p)), "--to-log-start"],
@@ -566,7 +567,9 @@ async def test_replays_leave_every_figure_unchanged(
     assert metric_sum(ops, "crm_events_processed_total") == 0
     # A new group and Redis's offsets deleted: every record is read again from the log start,
     # and every event is recognised by its event_id (within the dedupe horizon): counted once.
-    await redis.delete("{" + prefix + "}:offsets", "{" + prefix + "}:logs")
+    keys = Keys(prefix)
+    for group in await redis.smembers(keys.registry):
+        await redis.delete(keys.group(int(group)).offsets, keys.group(int(group)).log_marks)
     ops = await replay({**env, "CRM_KPI_KAFKA_GROUP_ID": f"{prefix}-third"}, "offsets-deleted")
     assert metric_sum(ops, "crm_events_processed_total") == 0
     assert metric_sum(ops, "crm_events_duplicate_total") == len(published)

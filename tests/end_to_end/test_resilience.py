@@ -24,7 +24,17 @@ from schemas import TOPIC_FAMILY
 from stream.devtools.servers import EmbeddedServer, start_redis
 from stream.kafka.topics import create_topics
 from stream.settings import load_settings
-from tests.support.harness import WorkerProcess, applied, produce, read_topic, scrape, settings_of, stack_env, wait_for
+from tests.support.harness import (
+    WorkerProcess,
+    applied,
+    produce,
+    read_topic,
+    scrape,
+    settings_of,
+    stack_env,
+    stored_offsets,
+    wait_for,
+)
 from tests.support.series import assert_series_match, kpi_series
 
 pytestmark = pytest.mark.slow
@@ -56,8 +66,7 @@ async def _publish(env: dict[str, str], events: list[dict[str, Any]]) -> dict[An
 
 
 async def _progress(client: aioredis.Redis, prefix: str) -> int:
-    raw = await client.hgetall("{" + prefix + "}:offsets")
-    return sum(int(v) for v in raw.values())
+    return sum((await stored_offsets(client, prefix)).values())
 
 
 async def _at_least(client: aioredis.Redis, prefix: str, n: float) -> bool:

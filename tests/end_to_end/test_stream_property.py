@@ -45,8 +45,9 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from bench.reference_catalog import expected, operational
+from stream.store.keys import Keys
 from tests.support.event_streams import BAD_REASONS, HEADROOM_S, Action, actions, build, now_utc, topic_family
-from tests.support.harness import WorkerProcess, scrape, settings_of, stack_env
+from tests.support.harness import WorkerProcess, scrape, settings_of, stack_env, stored_offsets_sync
 from tests.support.series import assert_series_match, kpi_series
 
 pytestmark = pytest.mark.slow
@@ -87,11 +88,10 @@ class Stack:
 
     def wait_applied(self) -> None:
         """Until Redis records every partition applied up to what this run published."""
-        offsets = "{" + self.settings.redis_key_prefix + "}:offsets"
         deadline = time.monotonic() + APPLY_TIMEOUT_S
         delay = 0.01
         while True:
-            stored = {k.decode(): int(v) for k, v in self.redis.hgetall(offsets).items()}  # type: ignore[union-attr]
+            stored = stored_offsets_sync(self.redis, self.settings.redis_key_prefix)
             if all(stored.get(f"{t}:{p}", -1) >= end for (t, p), end in self.ends.items()):
                 return
             assert time.monotonic() < deadline, f"the worker did not apply every record within {APPLY_TIMEOUT_S:.0f}s"
@@ -100,8 +100,9 @@ class Stack:
 
     def clear(self) -> None:
         """Every key of the prefix but the applied offsets: the next example starts from empty figures."""
-        tag = "{" + self.settings.redis_key_prefix + "}"
-        doomed = [k for k in self.redis.scan_iter(match=tag + ":*", count=1000) if k != f"{tag}:offsets".encode()]
+        keys = Keys(self.settings.redis_key_prefix)
+        kept = {keys.registry.encode()} | {keys.group(p).offsets.encode() for p in range(1024)}
+        doomed = [k for k in self.redis.scan_iter(match="{" + keys.prefix + ":*", count=1000) if k not in kept]
         for start in range(0, len(doomed), 500):
             self.redis.unlink(*doomed[start : start + 500])
 

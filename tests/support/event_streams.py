@@ -156,7 +156,7 @@ def build(action: Action, index: int, now: datetime, tag: str) -> dict[str, Any]
         e["ticket_opened_at"] = maybe(None, None, at(rnd.choice(AGES), index + 1_000_000))
         e["priority"] = maybe(None, "high", "low")
     elif kind == "order.placed":
-        e["quote_id"] = maybe(None, f"Q{rnd.randrange(POOL)}")
+        e["quote_id"] = maybe(None, f"Q{n}")  # its own customer's quote: the events of an entity share a customer
         e["promised_at"] = maybe(None, at(rnd.choice(AGES), index + 1_000_000))
     elif kind == "invoice.issued":
         e["due_at"] = at(rnd.choice(DUE_AGES), 0)

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas import TOPIC_FAMILY
-from tests.support.harness import ROOT, WorkerProcess, scrape, settings_of, wait_for
+from tests.support.harness import ROOT, WorkerProcess, scrape, settings_of, stored_offsets, wait_for
 
 Message = tuple[str, bytes, bytes]
 Scraped = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -51,10 +51,10 @@ async def progress(client: aioredis.Redis, prefix: str) -> int:
     import redis.exceptions
 
     try:
-        raw = await client.hgetall("{" + prefix + "}:offsets")
+        stored = await stored_offsets(client, prefix)
     except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
         return -1
-    return sum(int(v) for v in raw.values())
+    return sum(stored.values())
 
 
 async def applied_at_least(client: aioredis.Redis, prefix: str, n: float) -> bool:

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.devtools.processes import stop
+from stream.store.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,13 +156,31 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
     return records
 
 
+async def stored_offsets(client: Any, prefix: str) -> dict[str, int]:
+    """Every applied offset Redis holds ('topic:partition' -> next offset), over every partition group."""
+    keys = Keys(prefix)
+    out: dict[str, int] = {}
+    for group in await client.smembers(keys.registry):
+        raw = await client.hgetall(keys.group(int(group)).offsets)
+        out.update({k.decode(): int(v) for k, v in raw.items()})
+    return out
+
+
+def stored_offsets_sync(client: Any, prefix: str) -> dict[str, int]:
+    """`stored_offsets` with a blocking client."""
+    keys = Keys(prefix)
+    out: dict[str, int] = {}
+    for group in client.smembers(keys.registry):
+        out.update({k.decode(): int(v) for k, v in client.hgetall(keys.group(int(group)).offsets).items()})
+    return out
+
+
 async def applied(client: Any, prefix: str, ends: Mapping[TopicPartition, int]) -> bool:
     """True when Redis records every partition applied up to its end offset."""
     import redis.exceptions
 
     try:
-        raw = await client.hgetall("{" + prefix + "}:offsets")
+        stored = await stored_offsets(client, prefix)
     except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
         return False  # a restarted server still loading its data
-    stored = {k.decode(): int(v) for k, v in raw.items()}
     return all(stored.get(f"{tp.topic}:{tp.partition}", -1) >= end for tp, end in ends.items())

@@ -8,6 +8,10 @@ instant. Kafka and the worker process are left out: their behaviour is
 covered by the end-to-end tests; this is the sped-up demo the alert tests
 evaluate the shipped rules over (`promtool test rules`, Prometheus's own
 rule engine on a simulated clock).
+
+With `partitions` > 1 the events are spread as keyed producers spread them
+(Kafka's default partitioner, murmur2 of the customer id, else of the event id)
+and each partition group is folded and written apart, as the worker does.
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-import redis
-import redis.asyncio as aioredis
+from aiokafka.partitioner import murmur2
 
 from schemas import TOPIC_FAMILY
 from stream.events.decode import REASONS, decode
@@ -30,6 +33,7 @@ from stream.exporter.collector import kpi_samples
 from stream.kpis import fold_rules
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys, Snapshot, read_snapshot
+from stream.store.connection import AsyncClient, SyncClient
 
 _US = 1_000_000
 
@@ -38,13 +42,14 @@ _US = 1_000_000
 class Replay:
     """Applies events to Redis as the worker would, with `now` given by the caller (unix s)."""
 
-    client: aioredis.Redis
-    reader: redis.Redis
+    client: AsyncClient
+    reader: SyncClient
     settings: Settings
+    partitions: int = 1
     processed: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     newest_s: float | None = None
-    _offset: int = 0
+    _offsets: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -54,28 +59,38 @@ class Replay:
         self.store = AsyncStore(self.client, self.keys, s.dedupe_horizon, s.state_ttl)
         self.memo = FoldMemo()
 
+    def partition_of(self, event: dict[str, Any]) -> int:
+        """Kafka's default partitioner for the product's message key (docs/events.md)."""
+        key = str(event.get("customer_id") or event["event_id"]).encode()
+        return (murmur2(key) & 0x7FFFFFFF) % self.partitions
+
     async def apply(self, events: Iterable[dict[str, Any]], now_s: float) -> None:
         """One batch: every event must be valid at `now_s`, as the worker would find it."""
         now_us = int(now_s * _US)
         skew_us = int(self.settings.max_future_skew * _US)
-        valid: list[tuple[Any, int]] = []
+        groups: dict[int, list[tuple[Any, int]]] = {}
         for event in events:
             out = decode(orjson.dumps(event), TOPIC_FAMILY[event["type"]], now_us, 1 << 20, skew_us)
             if isinstance(out, tuple):
-                valid.append(out)
+                groups.setdefault(self.partition_of(event), []).append(out)
             else:
                 self.rejected[out.reason] += 1
-        if not valid:
-            return
-        ctx = FoldContext(now_s, self.windows, self.rules, self.keys.entity_prefix)
+        for group, valid in sorted(groups.items()):
+            await self._apply_group(group, valid, now_s)
+
+    async def _apply_group(self, group: int, valid: list[tuple[Any, int]], now_s: float) -> None:
+        if group not in self._offsets:
+            await self.store.register([group])  # what the worker does on its resync
+        ctx = FoldContext(now_s, self.windows, self.rules, self.keys.group(group).entity_prefix)
         keys = entity_keys([ev for ev, _ in valid], ctx)
-        states = await self.store.read_states(keys)
+        states = await self.store.read_states(group, keys)
         delta = fold(valid, states, ctx, self.memo)
-        new = self._offset + len(valid)
-        outcome = await self.store.apply(delta, [("sim:0", self._offset or -1, new)], [], now_s)
+        old = self._offsets.get(group, 0)
+        new = old + len(valid)
+        outcome = await self.store.apply(group, delta, [(f"sim:{group}", old or -1, new)], [], now_s)
         assert outcome.ok, outcome
         self.memo.remember(delta)
-        self._offset = new
+        self._offsets[group] = new
         self.processed.update(delta.processed)
         if delta.newest_us is not None:
             self.newest_s = max(self.newest_s or 0.0, delta.newest_us / _US)

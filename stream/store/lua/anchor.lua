@@ -9,6 +9,9 @@ local field, expected, new, mark = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lost, now = tonumber(ARGV[5]), ARGV[6]
 local cur = redis.call('HGET', KEYS[1], field) or '-1'
 if cur ~= expected then return {'changed', cur} end
+-- Before the first write: fails whole if a key is not served here (a slot being migrated;
+-- see apply.lua 5), so the offset is never moved without its mark and gap.
+redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3])
 if new == '-1' then redis.call('HDEL', KEYS[1], field) else redis.call('HSET', KEYS[1], field, new) end
 if mark == '' then redis.call('HDEL', KEYS[2], field) else redis.call('HSET', KEYS[2], field, mark) end
 if lost > 0 then

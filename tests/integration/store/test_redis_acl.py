@@ -23,12 +23,12 @@ from tests.support.harness import ROOT
 
 # As docs/security.md lists them, for the default key prefix `crm`.
 WORKER_ACL = (
-    "resetkeys ~{crm}:* resetchannels -@all +evalsha +script|load +hmget +mget "
+    "resetkeys ~{crm:* resetchannels -@all +evalsha +script|load +hmget +smembers +mget +exists +zcard "
     "+get +set +hget +hset +hincrby +hdel +sadd +smismember +expireat +zadd +zrem +zremrangebyscore"
 )
 EXPORTER_ACL = (
-    "resetkeys %R~{crm}:* resetchannels -@all +evalsha_ro +script|load +mget +hget +hgetall +exists +zcard +zcount "
-    "+zrange +zrangebyscore"
+    "resetkeys %R~{crm:* resetchannels -@all +evalsha_ro +script|load +smembers +mget +hget +hgetall +exists "
+    "+zcard +zcount +zrange +zrangebyscore"
 )
 LEADS_CREATED = events_of("lead.created")
 
@@ -51,7 +51,7 @@ def users(redis_url: str, prefix: str) -> Iterator[tuple[str, str]]:
     admin = redis.Redis.from_url(redis_url)
     names = (f"{prefix}-worker", f"{prefix}-exporter")
     for name, rules in zip(names, (WORKER_ACL, EXPORTER_ACL), strict=True):
-        admin.execute_command("ACL", "SETUSER", name, "on", ">secret", *rules.replace("{crm}", f"{{{prefix}}}").split())
+        admin.execute_command("ACL", "SETUSER", name, "on", ">secret", *rules.replace("{crm:", f"{{{prefix}:").split())
     try:
         yield _user_url(redis_url, names[0], "secret"), _user_url(redis_url, names[1], "secret")
     finally:
@@ -86,13 +86,14 @@ async def test_worker_and_exporter_work_with_their_acls(users: tuple[str, str], 
     try:
         store = AsyncStore(worker, keys, dedupe_horizon_s=3600, state_ttl_s=60)
         assert await store.load_offsets(["crm.leads:0"]) == {}
-        assert await store.read_states([keys.entity("t", "a1")]) == {keys.entity("t", "a1"): None}
-        first = await store.apply(_delta(keys, now, 1), [("crm.leads:0", "-1", 5)], [event_digest("e1")], now)
+        await store.register([0])  # what the worker does on every resync
+        assert await store.read_states(0, [keys.entity("t", "a1")]) == {keys.entity("t", "a1"): None}
+        first = await store.apply(0, _delta(keys, now, 1), [("crm.leads:0", "-1", 5)], [event_digest("e1")], now)
         assert first.ok, first
         # A retraction that empties a distinct count (HDEL), then a duplicate refused (SMISMEMBER).
-        second = await store.apply(_delta(keys, now, -1), [("crm.leads:0", "5", 9)], [event_digest("e2")], now)
+        second = await store.apply(0, _delta(keys, now, -1), [("crm.leads:0", "5", 9)], [event_digest("e2")], now)
         assert second.ok, second
-        dup = await store.apply(BatchDelta(), [("crm.leads:0", "9", 10)], [event_digest("e1")], now)
+        dup = await store.apply(0, BatchDelta(), [("crm.leads:0", "9", 10)], [event_digest("e1")], now)
         assert (dup.ok, dup.conflict) == (False, "duplicate")
         assert await store.load_offsets(["crm.leads:0"]) == {"crm.leads:0": 9}
         with pytest.raises(redis.exceptions.NoPermissionError):

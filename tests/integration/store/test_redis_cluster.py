@@ -1,15 +1,23 @@
-"""The Redis Cluster harness itself: a 3-master, 3-replica cluster forms, fails over and reshards.
-
-The product's cluster mode builds on it; these tests keep the harness honest.
+"""Redis Cluster: the harness itself (a 3-master, 3-replica cluster forms, fails over and reshards),
+and the product's key layout on it (partition groups spread over the masters, read back merged).
 """
 
 from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
 
 import pytest
 import redis
 from redis.cluster import RedisCluster as ClusterClient
 
+from stream.devtools.synthetic_crm import SimConfig, generate
+from stream.exporter.collector import kpi_samples
+from stream.store import Keys, ReadCache, read_at_risk, read_snapshot
+from stream.store.connection import async_client, sync_client
+from tests.support.config import clean_settings
 from tests.support.redis_cluster import RedisCluster
+from tests.support.replay import Replay
 
 
 def test_a_cluster_fails_over_and_reshards_without_losing_acknowledged_writes() -> None:
@@ -46,3 +54,63 @@ def test_keys_of_different_slots_in_one_script_are_refused() -> None:
         node = cluster.node(cluster.master_ports()[0]).client()
         with pytest.raises(redis.ResponseError, match="same slot"):  # the server's CROSSSLOT error
             node.eval(script, 2, "{a}:x", "{b}:y")
+
+
+async def test_a_stream_spread_over_partition_groups_reads_the_same_on_a_cluster_and_on_one_redis(
+    redis_url: str, prefix: str
+) -> None:
+    """The product's layout: 12 partition groups, each one slot, spread over 3 masters.
+
+    The same simulated CRM written as one group on a single Redis, as 12 groups on the
+    same Redis, and as 12 groups on a cluster gives the same KPI series and at-risk list
+    at every step: counters summed, distinct members united, sorted-set stats combined.
+    """
+    end = time.time()
+    start = end - 2 * 86400
+    events = list(generate(SimConfig(seed=4, customers=400), datetime.fromtimestamp(start, UTC), duration_s=2 * 86400))
+    on_one = clean_settings(redis_url=redis_url, redis_key_prefix=prefix)
+    split = clean_settings(redis_url=redis_url, redis_key_prefix=prefix + "s")
+    with RedisCluster(masters=3, replicas=1) as cluster:
+        spread = clean_settings(redis_url=cluster.url, redis_key_prefix=prefix, redis_cluster=True)
+        replays = [
+            Replay(async_client(on_one), sync_client(on_one), on_one),
+            Replay(async_client(split), sync_client(split), split, partitions=12),
+            Replay(async_client(spread), sync_client(spread), spread, partitions=12),
+        ]
+        caches = [ReadCache() for _ in replays]
+        try:
+            steps = 8
+            pending = iter(events)
+            nxt = next(pending, None)
+            for i in range(steps):
+                now = start + (end - start) * (i + 1) / steps
+                batch = []
+                while nxt is not None and datetime.fromisoformat(nxt["occurred_at"]).timestamp() <= now:
+                    batch.append(nxt)
+                    nxt = next(pending, None)
+                for r in replays:
+                    await r.apply(batch, now)
+                series = [_series(r, now, c) for r, c in zip(replays, caches, strict=True)]
+                assert series[0] and series[1] == series[0] and series[2] == series[0], i
+                risk = [read_at_risk(r.reader, r.keys, now) for r in replays]
+                assert risk[1] == risk[0] and risk[2] == risk[0], i
+                # A fresh reader (no cache) of the cluster reads the same.
+                assert _series(replays[2], now, None) == series[0]
+            assert sum(replays[0].processed.values()) == len(events)
+            # The groups really are spread: the masters each hold some of them.
+            reader = replays[2].reader
+            assert isinstance(reader, ClusterClient)
+            assert len({reader.get_node_from_key(Keys(prefix).group(g).offsets).port for g in range(12)}) == 3
+        finally:
+            for r in replays:
+                await r.client.aclose()
+                r.reader.close()
+
+
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _series(replay: Replay, now: float, cache: ReadCache | None) -> Series:
+    s = replay.settings
+    snap = read_snapshot(replay.reader, replay.keys, replay.windows, s.kpi_config(), now, s.max_future_skew, cache)
+    return {(name, tuple(sorted(labels.items()))): value for name, labels, value in kpi_samples(snap)}

@@ -31,7 +31,7 @@ def _delta(keys: Keys) -> BatchDelta:
 async def test_big_integers_and_every_part_land_exactly(redis: aioredis.Redis, prefix: str) -> None:
     keys = Keys(prefix)
     store = AsyncStore(redis, keys, dedupe_horizon_s=3600, state_ttl_s=60)
-    out = await store.apply(_delta(keys), [("crm.deals:0", "-1", 7)], [event_digest("e1")], time.time())
+    out = await store.apply(0, _delta(keys), [("crm.deals:0", "-1", 7)], [event_digest("e1")], time.time())
     assert out.ok, out
     bucket = keys.bucket("1h", 100)
     assert int(await redis.hget(bucket, "wamt|EUR")) == BIG
@@ -51,7 +51,7 @@ async def test_big_integers_and_every_part_land_exactly(redis: aioredis.Redis, p
     assert await redis.hget(keys.offsets, "crm.deals:0") == b"7"
 
     # The same batch again: the offset fence refuses it, nothing changes.
-    again = await store.apply(_delta(keys), [("crm.deals:0", "-1", 7)], [event_digest("e2")], time.time())
+    again = await store.apply(0, _delta(keys), [("crm.deals:0", "-1", 7)], [event_digest("e2")], time.time())
     assert (again.ok, again.conflict, again.detail) == (False, "offset", "crm.deals:0 7")
     assert int(await redis.hget(bucket, "wamt|EUR")) == BIG
 
@@ -60,15 +60,16 @@ async def test_a_refused_batch_writes_nothing(redis: aioredis.Redis, prefix: str
     keys = Keys(prefix)
     store = AsyncStore(redis, keys, dedupe_horizon_s=3600, state_ttl_s=60)
     first = BatchDelta()
-    assert (await store.apply(first, [("crm.leads:0", "-1", 1)], [event_digest("e1")], time.time())).ok
+    assert (await store.apply(0, first, [("crm.leads:0", "-1", 1)], [event_digest("e1")], time.time())).ok
 
     dup = await store.apply(
+        0,
         _delta(keys), [("crm.leads:0", "1", 3)], [event_digest("e0"), event_digest("e1")], time.time()
     )
     assert (dup.ok, dup.conflict, dup.detail) == (False, "duplicate", "2")
 
     await redis.set(keys.entity("t", "a"), "changed by another worker")
-    conflict = await store.apply(_delta(keys), [("crm.leads:0", "1", 3)], [event_digest("e0")], time.time())
+    conflict = await store.apply(0, _delta(keys), [("crm.leads:0", "1", 3)], [event_digest("e0")], time.time())
     assert (conflict.ok, conflict.conflict) == (False, "entity")
     assert await redis.exists(keys.bucket("1h", 100), keys.entity("d", "b"), keys.current) == 0
     assert await redis.hget(keys.offsets, "crm.leads:0") == b"1"
@@ -85,6 +86,7 @@ async def test_the_fence_refuses_a_batch_that_does_not_start_at_the_stored_offse
     keys = Keys(prefix)
     store = AsyncStore(redis, keys, dedupe_horizon_s=3600, state_ttl_s=60)
     first = await store.apply(
+        0,
         BatchDelta(),
         [("crm.leads:0", -1, 10)],
         [event_digest("e1")],
@@ -96,6 +98,7 @@ async def test_the_fence_refuses_a_batch_that_does_not_start_at_the_stored_offse
     assert await redis.hget(keys.log_marks, "crm.leads:0") == b"9:1:ab"
 
     gap = await store.apply(
+        0,
         _delta(keys), [("crm.leads:0", 10, 20)], [event_digest("e2")], time.time(), {"crm.leads:0": 12}
     )
     assert (gap.ok, gap.conflict, gap.detail) == (False, "gap", "crm.leads:0 10 12")
@@ -104,6 +107,7 @@ async def test_the_fence_refuses_a_batch_that_does_not_start_at_the_stored_offse
 
     # Starting exactly at the stored offset, with records below it skipped by the caller: applied.
     ok = await store.apply(
+        0,
         BatchDelta(),
         [("crm.leads:0", 10, 20)],
         [event_digest("e2")],
@@ -142,13 +146,14 @@ async def test_the_worker_acl_covers_the_fence_the_marks_and_the_anchor(redis_ur
     admin = sync_redis.Redis.from_url(redis_url)
     name = f"{prefix}-fence"
     admin.execute_command(
-        "ACL", "SETUSER", name, "on", ">secret", *WORKER_ACL.replace("{crm}", f"{{{prefix}}}").split()
+        "ACL", "SETUSER", name, "on", ">secret", *WORKER_ACL.replace("{crm:", f"{{{prefix}:").split()
     )
     client = aioredis.Redis.from_url(_user_url(redis_url, name, "secret"))
     try:
         store = AsyncStore(client, Keys(prefix), dedupe_horizon_s=3600, state_ttl_s=60)
         assert (await store.anchor("crm.leads:0", None, 3, None, 3))[0]
         out = await store.apply(
+            0,
             BatchDelta(),
             [("crm.leads:0", 3, 5)],
             [event_digest("x")],

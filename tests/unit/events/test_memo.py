@@ -45,7 +45,7 @@ def test_a_small_memo_keeps_the_last_written_and_changes_nothing() -> None:
         without.run(batch)
         assert len(memo.entries) <= 3
         if i == 2:
-            assert list(memo.entries) == ["{p}:t:a", "{p}:t:d", "{p}:t:e"]  # b and c, written first, left
+            assert list(memo.entries) == ["{p:p0}:t:a", "{p:p0}:t:d", "{p:p0}:t:e"]  # b and c, written first, left
     assert with_memo.states == without.states
     assert with_memo.buckets == without.buckets
     assert with_memo.zsets == without.zsets

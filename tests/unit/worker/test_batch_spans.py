@@ -34,22 +34,33 @@ def _records(*offsets: int) -> list[Any]:
 def test_spans_come_from_the_consumer_positions_not_the_record_offsets() -> None:
     """Offsets without records (transaction markers, compaction) are inside a span, not a gap."""
     records = _records(10, 11, 13)  # 12: a transaction marker; 14-15: aborted records
-    prep = _processor().prepare({TP: records}, {"crm.leads:0": 10}, {TP: (10, 16)})
+    [prep] = _processor().prepare({TP: records}, {"crm.leads:0": 10}, {TP: (10, 16)})
     assert prep.ranges == [("crm.leads:0", 10, 16, Fingerprint.of(records[-1]).encode())]
     assert len(prep.unique) == 3
 
 
 def test_records_below_the_applied_offset_are_skipped_and_the_span_starts_there() -> None:
     records = _records(8, 9, 10, 11)
-    prep = _processor().prepare({TP: records}, {"crm.leads:0": 10}, {TP: (8, 12)})
+    [prep] = _processor().prepare({TP: records}, {"crm.leads:0": 10}, {TP: (8, 12)})
     assert prep.ranges == [("crm.leads:0", 10, 12, Fingerprint.of(records[-1]).encode())]
     assert [ev.event_id for ev, _ in prep.unique] == ["e10", "e11"]
     # A span entirely below it: nothing to write for that partition.
-    assert _processor().prepare({TP: records}, {"crm.leads:0": 20}, {TP: (8, 12)}).ranges == []
+    assert _processor().prepare({TP: records}, {"crm.leads:0": 20}, {TP: (8, 12)})[0].ranges == []
 
 
 def test_without_spans_a_batch_claims_its_records() -> None:
     records = _records(4, 5)
-    assert _processor().prepare({TP: records}, {}).ranges == [
+    assert _processor().prepare({TP: records}, {})[0].ranges == [
         ("crm.leads:0", 4, 6, Fingerprint.of(records[-1]).encode())
+    ]
+
+
+def test_a_batch_splits_into_one_group_per_partition_number_across_topics() -> None:
+    """Partition p of every event topic is one group: one atomic write, keys under one hash tag."""
+    deals = TopicPartition("crm.deals", 1)
+    leads1, leads3 = TopicPartition("crm.leads", 1), TopicPartition("crm.leads", 3)
+    parts = _processor().prepare({leads3: _records(0), leads1: _records(5), deals: _records(7)}, {}, None)
+    assert [(p.group, sorted(f for f, *_ in p.ranges)) for p in parts] == [
+        (1, ["crm.deals:1", "crm.leads:1"]),
+        (3, ["crm.leads:3"]),
     ]

@@ -1,0 +1,247 @@
+"""Exactness on a Redis Cluster (CRM_KPI_REDIS_CLUSTER=true): 3 masters with a replica each, on free ports.
+
+Each partition group's keys share one hash tag, so the 12 groups of a 12-partition stream spread
+over the masters while every batch write stays one atomic script per group. Through a worker
+killed with SIGKILL, a master killed (its replica promoted), slots moved while the worker
+writes (ASK redirects, TRYAGAIN) and three workers sharing the partitions, every series the
+exporter serves must equal the independent reference's (bench/reference_catalog), and equal
+what one worker on a single Redis serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+from redis.cluster import RedisCluster as ClusterClient
+
+from bench.reference_catalog import expected, make_stream
+from schemas import TOPIC_FAMILY
+from stream.devtools.servers import free_port
+from stream.kafka.topics import create_topics
+from stream.store.keys import Keys
+from tests.support.harness import WorkerProcess, produce, scrape, settings_of, stack_env, stored_offsets, wait_for
+from tests.support.redis_cluster import RedisCluster
+from tests.support.series import assert_series_match, kpi_series
+
+pytestmark = pytest.mark.slow
+
+HEADROOM_S = 900.0
+PARTITIONS = 12
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisCluster]:
+    with RedisCluster(masters=3, replicas=1) as c:
+        yield c
+
+
+def _env(kafka: str, redis_url: str, prefix: str, on_cluster: bool = True) -> dict[str, str]:
+    # Small batches: many writes for a kill, a failover or a slot move to land between.
+    extra = {"redis_cluster": "true"} if on_cluster else {}
+    return stack_env(kafka, redis_url, prefix, topic_partitions=str(PARTITIONS), batch_max_records="500", **extra)
+
+
+async def _publish(env: dict[str, str], events: list[dict[str, Any]]) -> dict[Any, int]:
+    settings = settings_of(env)
+    await create_topics(settings)
+    return await produce(
+        env["CRM_KPI_KAFKA_BOOTSTRAP_SERVERS"],
+        [
+            (
+                settings.topic(TOPIC_FAMILY[e["type"]]),
+                str(e.get("customer_id", e["event_id"])).encode(),
+                json.dumps(e).encode(),
+            )
+            for e in events
+        ],
+    )
+
+
+async def _progress(client: Any, prefix: str) -> int:
+    """Records applied so far (-1 while the cluster cannot answer: a failover under way)."""
+    try:
+        return sum((await stored_offsets(client, prefix)).values())
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
+        return -1
+
+
+async def _all_applied(client: Any, prefix: str, ends: dict[Any, int]) -> bool:
+    try:
+        stored = await stored_offsets(client, prefix)
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
+        return False
+    return all(stored.get(f"{tp.topic}:{tp.partition}", -1) >= end for tp, end in ends.items())
+
+
+async def _figures(env: dict[str, str], log: Path) -> dict[Any, float]:
+    exporter = WorkerProcess(env, "exporter", log).start()
+    url = f"http://127.0.0.1:{env['CRM_KPI_EXPORTER_PORT']}/metrics"
+    try:
+
+        async def up() -> bool:
+            try:
+                return ("crm_exporter_redis_up", ()) in scrape(url)
+            except OSError:
+                return False
+
+        await wait_for(up, 30, "the exporter")
+        return kpi_series(scrape(url))
+    finally:
+        exporter.stop()
+
+
+def _check(got: dict[Any, float], events: list[dict[str, Any]], now: datetime) -> None:
+    read_within = time.time() - now.timestamp()
+    assert read_within <= HEADROOM_S, f"read {read_within:.0f}s after NOW: beyond the stream's {HEADROOM_S:.0f}s"
+    assert_series_match(got, expected(events, now.timestamp()), read_within)
+
+
+def _master_of_most_groups(cluster: RedisCluster, prefix: str) -> int:
+    client = ClusterClient.from_url(cluster.url)
+    try:
+        ports = [client.get_node_from_key(Keys(prefix).group(g).offsets).port for g in range(PARTITIONS)]
+    finally:
+        client.close()
+    return max(set(ports), key=ports.count)
+
+
+async def test_a_worker_killed_and_a_master_failing_over_lose_nothing(
+    kafka_bootstrap: str, cluster: RedisCluster, prefix: str, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    events, published = make_stream(20_000, seed=31, now=now, headroom_s=HEADROOM_S)
+    env = _env(kafka_bootstrap, cluster.url, prefix)
+    ends = await _publish(env, published)
+    total = sum(ends.values())
+    client = aiocluster.RedisCluster.from_url(cluster.url)
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(env, "worker", log).start()
+    try:
+        await wait_for(lambda: _at_least(client, prefix, 0.25 * total), 120, "25% applied")
+        worker.kill()  # SIGKILL: mid-batch, between groups' writes, anywhere
+        worker = WorkerProcess(env, "worker", log).start()
+        await wait_for(lambda: _at_least(client, prefix, 0.5 * total), 120, "50% applied")
+        victim = _master_of_most_groups(cluster, prefix)
+        cluster.kill(victim)  # a master dies under the worker's writes; its replica takes over
+        cluster.wait_failover()
+        await client.aclose()
+        client = aiocluster.RedisCluster.from_url(cluster.url)
+        await wait_for(lambda: _all_applied(client, prefix, ends), 240, "every record applied")
+        _check(await _figures(env, tmp_path / "exporter.log"), events, now)
+    finally:
+        worker.stop()
+        await client.aclose()
+
+
+async def _at_least(client: Any, prefix: str, n: float) -> bool:
+    return await _progress(client, prefix) >= n
+
+
+def _slots_to_move(cluster: RedisCluster, prefix: str) -> tuple[int, int, int]:
+    """(source port, number of slots, slot of a group): the fewest leading slots of a master that include a group's.
+
+    `redis-cli --cluster reshard` takes a source's slots from its lowest, so moving that many
+    moves the group's slot, with its keys, while the worker writes to it.
+    """
+    client = ClusterClient.from_url(cluster.url)
+    try:
+        best: tuple[int, int, int] | None = None
+        for g in range(PARTITIONS):
+            key = Keys(prefix).group(g).offsets
+            slot = client.keyslot(key)
+            port = client.get_node_from_key(key).port
+            first = min(s for s, nodes in client.nodes_manager.slots_cache.items() if nodes[0].port == port)
+            count = slot - first + 1
+            if best is None or count < best[1]:
+                best = (port, count, slot)
+        assert best is not None
+        return best
+    finally:
+        client.close()
+
+
+async def test_slots_moved_while_the_worker_writes_lose_nothing(
+    kafka_bootstrap: str, cluster: RedisCluster, prefix: str, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    events, published = make_stream(40_000, seed=32, now=now, headroom_s=HEADROOM_S)
+    env = _env(kafka_bootstrap, cluster.url, prefix)
+    cut = len(published) // 5
+    ends = await _publish(env, published[:cut])
+    client = aiocluster.RedisCluster.from_url(cluster.url)
+    worker = WorkerProcess(env, "worker", tmp_path / "worker.log").start()
+    try:
+        await wait_for(lambda: _at_least(client, prefix, 0.5 * sum(ends.values())), 120, "a part applied")
+        source, count, _ = _slots_to_move(cluster, prefix)
+        target = next(p for p in cluster.master_ports() if p != source)
+        asked_before = _asking_calls(cluster, target)
+        # The group's keys move while records keep coming: the worker writes to the slot as it moves.
+        moving = asyncio.ensure_future(asyncio.to_thread(cluster.reshard, count, source, target))
+        rest = published[cut:]
+        while rest and not moving.done():
+            ends = _later(ends, await _publish(env, rest[:200]))
+            rest = rest[200:]
+        await moving
+        ends = _later(ends, await _publish(env, rest))
+        cluster.wait_healthy()
+        await wait_for(lambda: _all_applied(client, prefix, ends), 240, "every record applied")
+        # The move met the worker's writes: redis-py followed an ASK to the target, or a script
+        # found a key already moved ("non local key", before its first write) or a node said
+        # TRYAGAIN, and the worker retried (crm_redis_errors_total).
+        worker_url = f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
+        retried = scrape(worker_url).get(("crm_redis_errors_total", ()), 0)
+        assert _asking_calls(cluster, target) > asked_before or retried > 0, "the move never met a write"
+        _check(await _figures(env, tmp_path / "exporter.log"), events, now)
+    finally:
+        worker.stop()
+        await client.aclose()
+
+
+def _later(a: dict[Any, int], b: dict[Any, int]) -> dict[Any, int]:
+    return {tp: max(a.get(tp, 0), b.get(tp, 0)) for tp in a.keys() | b.keys()}
+
+
+def _asking_calls(cluster: RedisCluster, port: int) -> int:
+    """ASKING commands a node received: each is a client following an ASK redirect to it."""
+    stats = cluster.node(port).client().info("commandstats")
+    return int(stats.get("cmdstat_asking", {}).get("calls", 0))
+
+
+async def test_three_workers_on_a_cluster_give_the_figures_of_one_worker_on_one_redis(
+    kafka_bootstrap: str, redis_url: str, cluster: RedisCluster, prefix: str, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    events, published = make_stream(20_000, seed=33, now=now, headroom_s=HEADROOM_S)
+    spread = _env(kafka_bootstrap, cluster.url, prefix)
+    # The same topics, read by another consumer group into another key prefix on a single Redis.
+    single = {
+        **_env(kafka_bootstrap, redis_url, prefix + "one", on_cluster=False),
+        "CRM_KPI_TOPIC_PREFIX": spread["CRM_KPI_TOPIC_PREFIX"],
+    }
+    ends = await _publish(spread, published)
+    on_cluster = aiocluster.RedisCluster.from_url(cluster.url)
+    on_one = aioredis.Redis.from_url(redis_url)
+    envs = [{**spread, "CRM_KPI_WORKER_PORT": str(free_port())} for _ in range(3)]  # one /metrics port each
+    workers = [WorkerProcess(e, "worker", tmp_path / f"worker{i}.log").start() for i, e in enumerate(envs)]
+    workers.append(WorkerProcess(single, "worker", tmp_path / "single.log").start())
+    try:
+        await wait_for(lambda: _all_applied(on_cluster, prefix, ends), 240, "every record applied on the cluster")
+        await wait_for(lambda: _all_applied(on_one, prefix + "one", ends), 240, "every record applied on one Redis")
+        # Each equal to the reference, series for series (read at its own instant: ages move on).
+        _check(await _figures(spread, tmp_path / "exporter.log"), events, now)
+        _check(await _figures(single, tmp_path / "exporter-single.log"), events, now)
+    finally:
+        for w in workers:
+            w.stop()
+        await on_cluster.aclose()
+        await on_one.aclose()
