@@ -105,11 +105,12 @@ async def fold_offline(s: Settings, unique: list[dict[str, Any]]) -> None:
 
 
 def _scrape_worker(port: str) -> dict[str, float]:
-    """The worker's own counters that say what a batch cost: conflicts by kind, duplicates."""
+    """The worker's own counters: what a batch cost (conflicts by kind, duplicates) and what it counted."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: dict[str, float] = {}
+    counted = ("crm_events_duplicate_total ", "crm_events_processed_total{", "crm_events_invalid_total{")
     for line in body.splitlines():
-        if line.startswith(("crm_batch_conflicts_total{", "crm_events_duplicate_total ", "crm_batch_seconds_count")):
+        if line.startswith(("crm_batch_conflicts_total{", "crm_batch_seconds_count", *counted)):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
@@ -181,6 +182,7 @@ def run_worker(
         "conflicts": conflicts,
         "batches": int(counters.get("crm_batch_seconds_count", 0)),
         "duplicates_counted": int(counters.get("crm_events_duplicate_total", 0)),
+        "counters": counters,
         "series": len(got),
         "exact": not errors,
         "errors": errors[:5],

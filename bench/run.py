@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,8 +77,31 @@ def _bad_records(n: int) -> list[bytes]:
     return [kinds[i % len(kinds)] for i in range(n)]
 
 
+def messages(s: Settings, events: Iterable[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) per event, keyed by customer as the product's publisher does."""
+    return [
+        (s.topic(TOPIC_FAMILY[e["type"]]), str(e.get("customer_id", e["event_id"])).encode(), json.dumps(e).encode())
+        for e in events
+    ]
+
+
 async def publish(s: Settings, events: list[dict[str, Any]], bad: int = 0) -> dict[TopicPartition, int]:
     """Create the topics and publish events (+ `bad` invalid records); end offset per partition."""
+    records = messages(s, events)
+    if bad:
+        bad_every = len(events) // bad
+        bad_iter = iter(_bad_records(bad))
+        mixed = []
+        for i, record in enumerate(records):
+            mixed.append(record)
+            if i % bad_every == 0:
+                mixed.append((s.topic("leads"), b"bad", next(bad_iter, b"x")))
+        records = mixed
+    return await publish_records(s, records)
+
+
+async def publish_records(s: Settings, records: Iterable[tuple[str, bytes, bytes]]) -> dict[TopicPartition, int]:
+    """Create the topics and publish (topic, key, value) in order; end offset per partition."""
     await create_topics(s)
     producer = AIOKafkaProducer(
         bootstrap_servers=s.kafka_bootstrap_servers, linger_ms=20, max_batch_size=1 << 20, acks=1
@@ -87,13 +110,8 @@ async def publish(s: Settings, events: list[dict[str, Any]], bad: int = 0) -> di
     ends: dict[TopicPartition, int] = {}
     try:
         futures = []
-        bad_every = len(events) // bad if bad else 0
-        bad_iter = iter(_bad_records(bad))
-        for i, e in enumerate(events):
-            key = str(e.get("customer_id", e["event_id"])).encode()
-            futures.append(await producer.send(s.topic(TOPIC_FAMILY[e["type"]]), json.dumps(e).encode(), key=key))
-            if bad_every and i % bad_every == 0:
-                futures.append(await producer.send(s.topic("leads"), next(bad_iter, b"x"), key=b"bad"))
+        for topic, key, value in records:
+            futures.append(await producer.send(topic, value, key=key))
             if len(futures) >= 20000:
                 await _collect(futures, ends)
         await _collect(futures, ends)

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
+from bench.hostile import hostile_records, interleave
 from bench.reference import assert_matches, expected, make_stream
 from stream.devtools.servers import EmbeddedServer, start_redis
 from stream.kafka.topics import create_topics
@@ -575,59 +576,6 @@ async def test_replays_leave_every_figure_unchanged(
 # --- bad input -----------------------------------------------------------------------------
 
 
-def _poison(settings: Any, rnd: random.Random, n: int, now: datetime) -> list[tuple[str, bytes, bytes, str]]:
-    """`n` invalid records, of every dead-letter reason and hostile bytes: (topic, key, value, expected reason)."""
-    leads, deals, surveys = settings.topic("leads"), settings.topic("deals"), settings.topic("surveys")
-    at = now.replace(microsecond=0).isoformat()
-    deep = b"[" * 10_000 + b"]" * 10_000
-
-    def new_id() -> str:
-        return f"p{rnd.getrandbits(64)}"
-
-    def lead(**extra: Any) -> bytes:
-        body = {"event_id": new_id(), "type": "lead.created", "occurred_at": at, "lead_id": "l1"}
-        return json.dumps(body | extra).encode()
-
-    def won(amount: bytes, currency: str = "EUR") -> bytes:
-        head = {"event_id": new_id(), "type": "deal.won", "occurred_at": at, "customer_id": "c1", "deal_id": "d1"}
-        return json.dumps(head | {"currency": currency})[:-1].encode() + b', "amount": ' + amount + b"}"
-
-    def survey(score: int) -> bytes:
-        body = {"event_id": new_id(), "type": "survey.submitted", "occurred_at": at, "customer_id": "c1"}
-        return json.dumps(body | {"survey_id": "s1", "kind": "nps", "score": score}).encode()
-
-    kinds: list[tuple[str, Callable[[], bytes], str]] = [
-        (leads, lambda: b"{not json", "invalid_json"),
-        (leads, lambda: b"\xff\xfe invalid UTF-8 " + bytes(rnd.randrange(128, 256) for _ in range(20)), "invalid_json"),
-        (leads, lambda: deep, "invalid_json"),  # 10,000-deep nesting
-        (leads, lambda: lead()[:-1] + b', "x": ' + deep + b"}", "invalid_json"),
-        (deals, lambda: won(b"9" * 5000), "invalid_json"),  # a 5,000-digit number
-        (deals, lambda: won(b"NaN"), "invalid_json"),
-        (deals, lambda: won(b"-Infinity"), "invalid_json"),
-        (leads, lambda: b"\x00" * rnd.randrange(1, 64), "invalid_json"),
-        (leads, lambda: lead().replace(b'"l1"', b'"l\x001"'), "invalid_json"),  # a raw NUL inside a string
-        (leads, lambda: b"", "invalid_json"),
-        (leads, lambda: b"\xef\xbb\xbf" + lead(), "invalid_json"),  # a byte-order mark
-        (leads, lambda: b"[1, 2, 3]", "not_an_object"),
-        (leads, lambda: b'"a string"', "not_an_object"),
-        (leads, lambda: b"null", "not_an_object"),
-        (leads, lambda: lead(event_id=None), "invalid_fields"),
-        (surveys, lambda: survey(11), "invalid_fields"),
-        (deals, lambda: won(b"-5"), "invalid_fields"),
-        (deals, lambda: won(b"5", currency="euro"), "invalid_fields"),
-        (leads, lambda: lead(type="lead.teleported"), "unknown_type"),
-        (deals, lambda: lead(), "wrong_topic"),
-        (leads, lambda: lead(occurred_at="2999-01-01T00:00:00Z"), "future_timestamp"),
-    ]
-    big = min(20, n // 10)  # 200 KB records: a few are enough, each costs 0.2 MB three times over
-    out = [(leads, b"k-big", lead(padding="x" * 200_000), "too_large") for _ in range(big)]
-    for i in range(n - big):
-        topic, make, reason = kinds[i % len(kinds)]
-        out.append((topic, f"k{rnd.randrange(500)}".encode(), make(), reason))
-    rnd.shuffle(out)
-    return out
-
-
 async def _rate(client: aioredis.Redis, prefix: str, ends: dict[TopicPartition, int], timeout: float) -> float:
     """Records/s a worker (started just before) applies: from its first applied record to the last."""
     loop = asyncio.get_running_loop()
@@ -668,11 +616,9 @@ async def test_poison_flood_dead_letters_every_invalid_record_with_its_reason(
     env = stack_env(apache_kafka.bootstrap, redis_url, prefix, topic_partitions="4")
     settings = settings_of(env)
     await create_topics(settings)
-    poison = _poison(settings, rnd, len(published), now)
-    mixed: list[tuple[str, bytes, bytes]] = messages(env, published)
-    for topic, key, value, _ in poison:  # valid records keep their order; poison lands anywhere
-        mixed.insert(rnd.randrange(len(mixed) + 1), (topic, key, value))
-    ends = await produce(apache_kafka.bootstrap, mixed)
+    poison = hostile_records(settings.topic, rnd, len(published), now)
+    # The valid records keep their order; the invalid ones land anywhere among them.
+    ends = await produce(apache_kafka.bootstrap, interleave(messages(env, published), poison, rnd))
     log = tmp_path / "worker.log"
     worker = WorkerProcess(env, "worker", log).start()
     try:
