@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -40,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.hostile import Poison, hostile_records, interleave
 from bench.realistic import fold_offline, run_worker
 from bench.reference import make_stream
-from bench.run import ROOT, _settings, messages, publish_records
+from bench.run import ROOT, _settings, messages, publish_records, report, summary
 from stream._compiled import compiled
 from stream.devtools.servers import EmbeddedServer, start_kafka, start_redis
 from stream.settings import Settings
@@ -103,10 +101,6 @@ def dead_letter_errors(letters: list[Any], poison: list[Poison]) -> list[str]:
     return [f"dead letters: {sum(extra.values())} unexpected, {sum(missing.values())} missing or with another reason"]
 
 
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.poison", description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=50_000, help="unique valid events (plus ~5 %% retries)")
@@ -167,8 +161,8 @@ def main() -> None:
                     print(f"round {r + 1} {name}{version}: {out['rate']:,.0f} records/s, "
                           f"{out['per_cpu_s']:,.0f} per CPU-s, exact={out['exact']} {out['errors'][:2]}",
                           flush=True)  # fmt: skip
-        result["rates"] = {k: _summary([x["rate"] for x in v]) for k, v in runs.items()}
-        result["per_cpu_s"] = {k: _summary([x["per_cpu_s"] for x in v]) for k, v in runs.items()}
+        result["rates"] = {k: summary([x["rate"] for x in v]) for k, v in runs.items()}
+        result["per_cpu_s"] = {k: summary([x["per_cpu_s"] for x in v]) for k, v in runs.items()}
         # Ratios inside each round (the two runs are adjacent in time), then their median:
         # steadier than a ratio of medians on a machine whose load drifts.
         result["ratios"] = {}
@@ -188,13 +182,8 @@ def main() -> None:
         if kafka is not None:
             kafka.stop()
         rds.stop()
-    out_path = args.out or logs / "result.json"
-    out_path.write_text(json.dumps(result, indent=2, default=str))
-    print_table(result)
-    print(f"\nJSON: {out_path}")
-    if not result.get("exact", False):
-        print("FAILURE: a worker's figures, counters or dead letters were not exact; its speed does not count.")
-        sys.exit(1)
+    failure = "a worker's figures, counters or dead letters were not exact"
+    report(result, args.out or logs / "result.json", print_table, failure)
 
 
 def print_table(r: dict[str, Any]) -> None:

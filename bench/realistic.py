@@ -35,7 +35,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -57,9 +56,11 @@ from bench.run import (
     _settings,
     _stop,
     publish,
+    report,
     run_ceiling,
     run_naive,
     run_scrape,
+    summary,
 )
 from bench.workload import Shape, make_realistic
 from schemas import TOPIC_FAMILY
@@ -189,10 +190,6 @@ def run_worker(
     }
 
 
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.realistic", description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000, help="unique events per stream")
@@ -281,11 +278,11 @@ def main() -> None:
             runs["decode"].append(asyncio.run(run_ceiling(core_settings, core_total, f"rdecode{r}", True)))
             print(f"round {r + 1} ceilings: raw {runs['raw'][-1]['rate']:,.0f}/s "
                   f"decode {runs['decode'][-1]['rate']:,.0f}/s", flush=True)  # fmt: skip
-        result["rates"] = {k: _summary([x["rate"] for x in v]) for k, v in runs.items() if v}
+        result["rates"] = {k: summary([x["rate"] for x in v]) for k, v in runs.items() if v}
         workers = [k for k in runs if k.partition("@")[0] in workloads]
-        result["per_cpu_s"] = {k: _summary([x["per_cpu_s"] for x in runs[k]]) for k in workers}
+        result["per_cpu_s"] = {k: summary([x["per_cpu_s"] for x in runs[k]]) for k in workers}
         result["redis_cpu_us_per_record"] = {
-            k: _summary([x["redis_cpu_us_per_record"] for x in runs[k]]) for k in workers
+            k: summary([x["redis_cpu_us_per_record"] for x in runs[k]]) for k in workers
         }
         result["runs"] = {k: runs[k] for k in workers}
         result["exact"] = all(x["exact"] for k in workers for x in runs[k])
@@ -312,13 +309,7 @@ def main() -> None:
     finally:
         kafka.stop()
         rds.stop()
-    out_path = args.out or logs / "result.json"
-    out_path.write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False))
-    print_table(result)
-    print(f"\nJSON: {out_path}")
-    if not result.get("exact", False):
-        print("FAILURE: a worker's figures were not exact; its speed does not count.")
-        sys.exit(1)
+    report(result, args.out or logs / "result.json", print_table, "a worker's figures were not exact")
 
 
 def print_table(r: dict[str, Any]) -> None:

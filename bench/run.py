@@ -399,8 +399,19 @@ async def run_memory(kafka: str, redis_url: str, n: int, logs: Path) -> dict[str
     }
 
 
-def _summary(values: list[float]) -> dict[str, float]:
+def summary(values: list[float]) -> dict[str, float]:
+    """Median, min and max of one measurement over the rounds."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def report(result: dict[str, Any], out: Path, print_table: Callable[[dict[str, Any]], None], failure: str) -> None:
+    """Write the JSON and print the table; exit 1 when a run was not exact (`failure` says what was not)."""
+    out.write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False))
+    print_table(result)
+    print(f"\nJSON: {out}")
+    if not result.get("exact", False):
+        print(f"FAILURE: {failure}; its speed does not count.")
+        sys.exit(1)
 
 
 def main() -> None:
@@ -466,7 +477,7 @@ def main() -> None:
                 f"round {r + 1}: raw {runs['raw'][-1]['rate']:,.0f}/s decode {runs['decode'][-1]['rate']:,.0f}/s",
                 flush=True,
             )
-        result["rates"] = {k: _summary([x["rate"] for x in v]) for k, v in runs.items() if v}
+        result["rates"] = {k: summary([x["rate"] for x in v]) for k, v in runs.items() if v}
         result["worker_runs"] = runs["worker"]
         result["replica_runs"] = runs["replicas"]
         result["replicas"] = args.replicas
@@ -478,7 +489,7 @@ def main() -> None:
         }
         if "naive" in med:
             result["ratios"]["worker_vs_naive"] = med["worker"]["median"] / med["naive"]["median"]
-        result["startup_s"] = _summary([x["startup_s"] for x in runs["worker"]])
+        result["startup_s"] = summary([x["startup_s"] for x in runs["worker"]])
         result["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs["worker"])
         result["scrape"] = run_scrape(_settings(kafka.url, rds.url, "bench.", "benchw0"), logs)
         result["latency"] = asyncio.run(run_latency(kafka.url, rds.url, logs, args.latency_rate, args.latency_seconds))
@@ -487,13 +498,7 @@ def main() -> None:
     finally:
         kafka.stop()
         rds.stop()
-    out = args.out or logs / "result.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print_table(result)
-    print(f"\nJSON: {out}")
-    if not result.get("exact", False):
-        print("FAILURE: the worker's figures were not exact; its speed does not count.")
-        sys.exit(1)
+    report(result, args.out or logs / "result.json", print_table, "the worker's figures were not exact")
 
 
 def print_table(r: dict[str, Any]) -> None:

@@ -28,22 +28,21 @@ from bench.reference import assert_matches, expected, make_stream
 from stream.devtools.servers import EmbeddedServer, start_redis
 from stream.kafka.topics import create_topics
 from tests.support.apache_kafka import ApacheKafka
-from tests.support.faults import (
-    TcpProxy,
+from tests.support.faults import TcpProxy, crm_kpi, log_lines, metric_sum, produce_paced, read_all, worker_metrics
+from tests.support.harness import (
+    WorkerProcess,
+    applied,
     applied_at_least,
-    crm_kpi,
     end_offsets,
     exporter_figures,
-    log_lines,
     messages,
-    metric_sum,
-    produce_paced,
+    produce,
     progress,
-    read_all,
     seed_of,
-    worker_metrics,
+    settings_of,
+    stack_env,
+    wait_for,
 )
-from tests.support.harness import WorkerProcess, applied, produce, settings_of, stack_env, wait_for
 
 pytestmark = pytest.mark.slow
 
