@@ -89,6 +89,15 @@ async def _count_and_check(
 # --- the fixture itself ----------------------------------------------------------------
 
 
+async def _create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
 def test_compose_runs_the_version_the_tests_run() -> None:
     """docker-compose.yml's apache/kafka image is the version .ci/kafka/pom.xml fetches."""
     pom = (ROOT / ".ci" / "kafka" / "pom.xml").read_text()
@@ -113,12 +122,7 @@ async def test_restart_keeps_the_log_and_wipe_loses_it(apache_kafka_factory: Cal
     kafka = apache_kafka_factory(partitions=2, listeners={"EXTERNAL": "PLAINTEXT"})
     assert kafka.address("EXTERNAL") != kafka.bootstrap
     print(f"broker start: {kafka.startup_seconds:.1f}s")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic("kept", 2, 1)])
-    finally:
-        await admin.close()
+    await _create_topic(kafka.bootstrap, "kept", 2)
     records = [("kept", f"k{i}".encode(), f"v{i}".encode()) for i in range(500)]
     ends = await produce(kafka.bootstrap, records)
     assert sum(ends.values()) == 500
@@ -134,12 +138,7 @@ async def test_restart_keeps_the_log_and_wipe_loses_it(apache_kafka_factory: Cal
     print(f"restart with an empty log: {kafka.startup_seconds:.1f}s")
     assert kafka.cluster_id == cluster
     assert "kept" not in kafka.metadata().topics
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic("kept", 2, 1)])
-    finally:
-        await admin.close()
+    await _create_topic(kafka.bootstrap, "kept", 2)
     assert await end_offsets(kafka.bootstrap, ["kept"], empty=False) == {}
 
 
@@ -281,7 +280,7 @@ async def test_worker_and_broker_crashes_mid_stream_count_every_event_once(
 ) -> None:
     """Worker SIGKILLed, broker SIGKILLed and restarted, worker SIGKILLed again: exact figures at the end."""
     kafka = apache_kafka_factory()
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(30_000, seed=seed, now=now)

@@ -91,7 +91,7 @@ async def test_redis_restarted_from_an_older_snapshot_is_caught_up_exactly(
     The second rewind leaves every partition idle: no batch fence can see it, the worker's
     watch of Redis's offsets must.
     """
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     # One stream, published in two parts: the model joins tickets and deals across them.
@@ -146,7 +146,7 @@ async def test_redis_restarted_empty_is_rebuilt_from_the_log(
     apache_kafka: ApacheKafka, own_redis: EmbeddedServer, prefix: str, tmp_path: Path
 ) -> None:
     """Redis restarts with no data mid-stream: the worker rebuilds every partition from the log start, exactly."""
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(30_000, seed=seed, now=now)
@@ -184,7 +184,7 @@ async def test_redis_empty_and_log_past_its_retention_says_the_history_is_incomp
     Then records beyond Redis's offsets are deleted while the worker is down: they can never be
     applied, the worker skips to the log start and counts them in the same gap.
     """
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     _, published = make_stream(6_000, seed=seed, now=now)
@@ -278,7 +278,7 @@ async def test_recreated_topic_pauses_its_partitions_until_an_operator_reanchors
     at its log start (or, for one, at its end: those records are skipped and reported as a gap);
     the worker resumes by itself and every figure is exact.
     """
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     _, stream = make_stream(9_000, seed=seed, now=now)
@@ -359,7 +359,7 @@ async def test_kill_9_at_ten_random_instants_counts_every_event_once(
     apache_kafka: ApacheKafka, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
     """100,000 events; the worker is SIGKILLed at 10 seeded instants while it applies them."""
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(100_000, seed=seed, now=now)
@@ -404,7 +404,7 @@ async def test_workers_joining_and_leaving_under_load_end_with_no_lag(
     Every figure is exact and, once the stream ends, every partition's lag is 0 on the
     worker that owns it.
     """
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     now = datetime.now(UTC)
     events, published = make_stream(60_000, seed=seed, now=now)
     env = _env(apache_kafka.bootstrap, redis_url, prefix)
@@ -471,7 +471,7 @@ async def test_broker_kill_9_and_restart_while_publishing_and_applying(
 ) -> None:
     """The broker is SIGKILLed mid-stream and restarted on its log; producers retry; exact figures."""
     kafka = apache_kafka_factory()
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(30_000, seed=seed, now=now)
@@ -519,7 +519,7 @@ async def test_replays_leave_every_figure_unchanged(
     apache_kafka: ApacheKafka, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
     """Group reset to the earliest offsets; a new group id; a new group and Redis's offsets deleted: same figures."""
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     now = datetime.now(UTC)
     events, published = make_stream(8_000, seed=seed, now=now)
     env = _env(apache_kafka.bootstrap, redis_url, prefix)
@@ -597,7 +597,7 @@ async def test_poison_flood_dead_letters_every_invalid_record_with_its_reason(
     apache_kafka: ApacheKafka, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
     """Half the records invalid (every reason, hostile bytes): each dead-lettered with its reason, valid ones exact."""
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(10_000, seed=seed, now=now)
@@ -681,7 +681,7 @@ async def test_network_cut_to_the_broker_pauses_the_worker_and_loses_nothing(
 ) -> None:
     """The worker reaches the broker through a proxy; the proxy drops every connection for 15 s mid-stream."""
     kafka, proxy = proxied_kafka
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(30_000, seed=seed, now=now)

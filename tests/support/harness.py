@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -27,8 +28,10 @@ Scraped = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 """A /metrics page: {(sample name, sorted labels): value}."""
 
 
-def seed_of(default: int) -> int:
-    """CRM_KPI_TEST_SEED, else `default`; printed, so a failure's report shows how to rerun it."""
+def seed_of(default: int | None = None) -> int:
+    """CRM_KPI_TEST_SEED, else `default` (None: a random one); printed, so a failure shows how to rerun it."""
+    if default is None:
+        default = random.SystemRandom().randrange(1 << 30)
     seed = int(os.environ.get("CRM_KPI_TEST_SEED") or default)
     print(f"seed={seed} (rerun with CRM_KPI_TEST_SEED={seed})")
     return seed
