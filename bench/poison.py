@@ -11,7 +11,8 @@ Redis, and publishes two streams once, each on its own topics:
 
 Then, in interleaved rounds (clean, poisoned, clean, poisoned …), one `crm-kpi worker`
 over each (its own key prefix and group): records/s from the first batch applied to the
-last, and records per CPU-second of the worker. Every run is checked: every KPI series
+last, records per CPU-second of the worker, and the broker's CPU per record (the
+embedded one's, or `--broker-pid`'s: it shares the cores). Every run is checked: every KPI series
 equal to the product's offline fold of the unique events and to the independent
 reference, `crm_events_processed_total` per type, `crm_events_duplicate_total`, and for
 the poisoned stream `crm_events_invalid_total` per reason and the dead-letter topic (each
@@ -36,7 +37,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.hostile import Poison, hostile_records, interleave
-from bench.realistic import fold_offline, run_worker
+from bench.realistic import _cpu_s, fold_offline, run_worker
 from bench.reference import make_stream
 from bench.run import ROOT, _settings, messages, publish_records, report, summary
 from stream._compiled import compiled
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--bootstrap", default=None, help="an external broker instead of an embedded Tansu")
+    ap.add_argument("--broker-pid", type=int, default=None, help="the external broker's process, for its CPU time")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument(
         "--before",
@@ -120,6 +122,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     kafka: EmbeddedServer | None = None if args.bootstrap else start_kafka()
     bootstrap = args.bootstrap or (kafka.url if kafka else "")
+    broker_pid = kafka.proc.pid if kafka else args.broker_pid
     rds = start_redis()
     tag = f"p{os.getpid()}"  # topics of their own, also on a shared external broker
     rnd = random.Random(args.seed)
@@ -151,18 +154,28 @@ def main() -> None:
             for version, root in versions:
                 for name, (base, total) in streams.items():
                     s = _settings(bootstrap, rds.url, base.topic_prefix, f"{tag}{name[0]}{r}{'b' if version else ''}")
+                    broker_before = _cpu_s(broker_pid) if broker_pid else 0.0
                     out = run_worker(s, total, offline, events, True, logs, root)
+                    if broker_pid:
+                        # The broker shares the cores: what it spends on a stream (fetches, and
+                        # storing the dead letters) is CPU the worker does not get.
+                        out["broker_cpu_us_per_record"] = 1e6 * (_cpu_s(broker_pid) - broker_before) / total
                     bad = poison if name == "poisoned" else []
                     out["errors"] += counting_errors(out.pop("counters"), events, len(published), bad)
                     letters = read_new(bootstrap, s.dead_letter_topic, s.topic_partitions, read_to[name])
                     out["errors"] += dead_letter_errors(asyncio.run(letters), bad)
                     out["exact"] = not out["errors"]
                     runs[name + version].append(out)
+                    broker = f", broker {out['broker_cpu_us_per_record']:.1f} µs/record" if broker_pid else ""
                     print(f"round {r + 1} {name}{version}: {out['rate']:,.0f} records/s, "
-                          f"{out['per_cpu_s']:,.0f} per CPU-s, exact={out['exact']} {out['errors'][:2]}",
+                          f"{out['per_cpu_s']:,.0f} per CPU-s{broker}, exact={out['exact']} {out['errors'][:2]}",
                           flush=True)  # fmt: skip
         result["rates"] = {k: summary([x["rate"] for x in v]) for k, v in runs.items()}
         result["per_cpu_s"] = {k: summary([x["per_cpu_s"] for x in v]) for k, v in runs.items()}
+        if broker_pid:
+            result["broker_cpu_us_per_record"] = {
+                k: summary([x["broker_cpu_us_per_record"] for x in v]) for k, v in runs.items()
+            }
         # Ratios inside each round (the two runs are adjacent in time), then their median:
         # steadier than a ratio of medians on a machine whose load drifts.
         result["ratios"] = {}
@@ -189,11 +202,14 @@ def main() -> None:
 def print_table(r: dict[str, Any]) -> None:
     print(f"\n{r['machine']['cpus']} CPUs, broker {r['broker']}, compiled core: {r['machine']['compiled']}, "
           f"load average at start {r['machine']['loadavg_at_start'][0]:.1f}")  # fmt: skip
-    print(f"{'worker records/s':<40}{'median':>10}{'min':>10}{'max':>10}{'per CPU-s':>12}")
+    broker = r.get("broker_cpu_us_per_record", {})
+    print(f"{'worker records/s':<40}{'median':>10}{'min':>10}{'max':>10}{'per CPU-s':>12}"
+          + (f"{'broker µs/rec':>15}" if broker else ""))  # fmt: skip
     for name, x in r["rates"].items():
         label = f"{name} ({r['records'][name]:,} records)"
         print(f"{label:<40}{x['median']:>10,.0f}{x['min']:>10,.0f}{x['max']:>10,.0f}"
-              f"{r['per_cpu_s'][name]['median']:>12,.0f}")  # fmt: skip
+              f"{r['per_cpu_s'][name]['median']:>12,.0f}"
+              + (f"{broker[name]['median']:>15.1f}" if broker else ""))  # fmt: skip
     for version, x in r["ratios"].items():
         rounds = ", ".join(f"{v:.2f}" for v in x["by_round"])
         print(f"{'poisoned / clean, records/s':<30}{version:>10}{x['records/s']:>10.2f}  (median of rounds: {rounds})")
