@@ -60,6 +60,10 @@ def redis_dump(client: redis.Redis, keys: Keys) -> tuple[Dump, set[str]]:
             token = fields.pop(BUCKET_TOKEN_FIELD, None)
             windowed = (keys.tag + ":w:", keys.tag + ":wd:")
             assert (token is not None) == key.startswith(windowed), key
+            if not fields:
+                # A distinct hash whose members all went back to 0 keeps only the token until it
+                # expires: no member, as the model (which drops the key) has it.
+                continue
             out[key] = {f: int(v) for f, v in fields.items()}
         elif kind == "zset":
             out[key] = {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}  # type: ignore[union-attr]
