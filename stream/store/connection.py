@@ -24,7 +24,7 @@ import redis.asyncio.cluster as aiocluster
 import redis.cluster
 import redis.exceptions as rex
 
-from stream.security.redact import mask_url
+from stream.security.redact import AccessError
 
 if TYPE_CHECKING:
     from stream.settings import Settings
@@ -48,20 +48,13 @@ SyncClient = redis.Redis | redis.cluster.RedisCluster
 PERMANENT = frozenset({"tls", "auth", "acl"})
 
 
-class RedisAccessError(Exception):
+class RedisAccessError(AccessError):
     """Redis cannot be used as configured; str() is one line, `kind` classifies it.
 
     kind: "unreachable", "timeout", "tls", "auth", "acl", "loading" or "error".
     """
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(mask_url(message))
-        self.kind = kind
-
-    @property
-    def permanent(self) -> bool:
-        """True when retrying cannot help until an operator changes something."""
-        return self.kind in PERMANENT
+    PERMANENT_KINDS = PERMANENT
 
 
 def _options(settings: Settings) -> dict[str, Any]:

@@ -53,6 +53,11 @@ class Keys:
         return "{" + self.prefix + ":groups}"
 
     @property
+    def pattern(self) -> str:
+        """A SCAN / ACL pattern matching every key of the prefix, all groups and the registry."""
+        return "{" + self.prefix + ":*"
+
+    @property
     def tag(self) -> str:
         return "{" + self.prefix + ":p" + str(self.partition) + "}"
 

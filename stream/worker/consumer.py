@@ -309,7 +309,12 @@ class BatchConsumer(Service):
                 return
             batch = {tp: recs for tp, recs in batch.items() if tp in spans}
             prepared = processor.prepare(batch, self._expected, spans) if batch else []
+            for part in prepared:
+                # Kafka acks this batch's dead letters while the previous batch is written.
+                processor.send_dead_letters(part)
             if not await self._finish_inflight():
+                for part in prepared:
+                    processor.discard(part)
                 return  # resynced from Redis: every partition was sought again, this batch is stale
             prepared = [p for p in prepared if p.ranges]
             if not prepared:

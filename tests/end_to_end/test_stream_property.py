@@ -102,7 +102,7 @@ class Stack:
         """Every key of the prefix but the applied offsets: the next example starts from empty figures."""
         keys = Keys(self.settings.redis_key_prefix)
         kept = {keys.registry.encode()} | {keys.group(p).offsets.encode() for p in range(1024)}
-        doomed = [k for k in self.redis.scan_iter(match="{" + keys.prefix + ":*", count=1000) if k not in kept]
+        doomed = [k for k in self.redis.scan_iter(match=keys.pattern, count=1000) if k not in kept]
         for start in range(0, len(doomed), 500):
             self.redis.unlink(*doomed[start : start + 500])
 
