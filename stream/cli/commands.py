@@ -49,13 +49,13 @@ def _one_line_failures(command: _F) -> _F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisClusterException, RedisError
 
         from stream.kafka.clients import KafkaAccessError
 
         try:
             return command(*args, **kwargs)
-        except (TimeoutError, KafkaAccessError, RedisError, OSError) as exc:
+        except (TimeoutError, KafkaAccessError, RedisError, RedisClusterException, OSError) as exc:
             logging.getLogger("stream.cli").debug("%s failed", command.__name__, exc_info=True)
             click.echo(f"crm-kpi: {mask_url(_describe(exc))}", err=True)
             sys.exit(1)
@@ -72,14 +72,14 @@ def _one_line_failures(command: _F) -> _F:
 
 
 def _describe(exc: BaseException) -> str:
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
     from stream.kafka.clients import KafkaAccessError
 
     if isinstance(exc, KafkaAccessError):
         return str(exc)
     settings = load_settings()
-    if isinstance(exc, RedisError):
+    if isinstance(exc, RedisError | RedisClusterException):
         from stream.store.connection import describe_redis_error
 
         return str(describe_redis_error(exc, settings))

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, cast
 
 import orjson
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from stream.events.fold import BatchDelta
 from stream.kpis import UNPRUNED_SORTED_SETS
@@ -96,13 +97,28 @@ class AsyncStore:
         self._anchor = client.register_script(lua_script("anchor.lua"))
         self._marks = client.register_script(lua_script("marks.lua"))
         self._states = client.register_script(lua_script("states.lua"))
+        self._slot_map_loaded = False
+
+    async def _concurrent(self, *calls: Any) -> list[Any]:
+        """Await calls to several partition groups concurrently.
+
+        A cluster client loads its slot map on first use; several first calls at once had it
+        replace connections under each other, so it is loaded before the first concurrent calls.
+        """
+        if not self._slot_map_loaded:
+            if isinstance(self.client, AsyncRedisCluster):
+                await self.client.initialize()
+            self._slot_map_loaded = True
+        return list(await asyncio.gather(*calls))
 
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
         """Next offset to apply per 'topic:partition' field, for those Redis knows."""
         groups = _by_group(fields)
         if not groups:
             return {}
-        replies = await asyncio.gather(*(self.client.hmget(self.keys.group(g).offsets, fs) for g, fs in groups.items()))
+        replies = await self._concurrent(
+            *(self.client.hmget(self.keys.group(g).offsets, fs) for g, fs in groups.items())
+        )
         return {
             f: int(v)
             for fs, values in zip(groups.values(), replies, strict=True)
@@ -115,7 +131,7 @@ class AsyncStore:
         groups = _by_group(fields)
         if not groups:
             return {}
-        replies = await asyncio.gather(
+        replies = await self._concurrent(
             *(
                 self._marks(keys=[self.keys.group(g).offsets, self.keys.group(g).log_marks], args=fs)
                 for g, fs in groups.items()
@@ -164,13 +180,13 @@ class AsyncStore:
         items: list[tuple[str, Any]] = []
         if fields is None:
             groups = await self.registered_groups()
-            raws = await asyncio.gather(*(self.client.hgetall(self.keys.group(g).gaps) for g in groups))
+            raws = await self._concurrent(*(self.client.hgetall(self.keys.group(g).gaps) for g in groups))
             items = [(as_text(k), v) for raw in raws for k, v in raw.items()]
         else:
             by_group = _by_group(fields)
             if not by_group:
                 return {}
-            replies = await asyncio.gather(
+            replies = await self._concurrent(
                 *(self.client.hmget(self.keys.group(g).gaps, fs) for g, fs in by_group.items())
             )
             for fs, values in zip(by_group.values(), replies, strict=True):

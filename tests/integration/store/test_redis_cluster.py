@@ -4,6 +4,7 @@ and the product's key layout on it (partition groups spread over the masters, re
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from stream.devtools.synthetic_crm import SimConfig, generate
 from stream.exporter.collector import kpi_samples
 from stream.store import Keys, ReadCache, read_at_risk, read_snapshot
 from stream.store.connection import async_client, sync_client
+from tests.support.cli import crm_kpi
 from tests.support.config import clean_settings
 from tests.support.redis_cluster import RedisCluster
 from tests.support.replay import Replay
@@ -98,6 +100,19 @@ async def test_a_stream_spread_over_partition_groups_reads_the_same_on_a_cluster
                 assert _series(replays[2], now, None) == series[0]
             assert sum(replays[0].processed.values()) == len(events)
             # The groups really are spread: the masters each hold some of them.
+            # The commands read the cluster as the exporter does.
+            envs = [
+                {"CRM_KPI_REDIS_URL": r.settings.redis_url, "CRM_KPI_REDIS_KEY_PREFIX": r.settings.redis_key_prefix}
+                for r in (replays[0], replays[2])
+            ]
+            envs[1]["CRM_KPI_REDIS_CLUSTER"] = "true"
+            runs = [crm_kpi(env, "at-risk", "--json") for env in envs]
+            assert all(run.code == 0 for run in runs), [run.stderr for run in runs]
+            assert [r["customer_id"] for r in json.loads(runs[1].stdout)] == [
+                r["customer_id"] for r in json.loads(runs[0].stdout)
+            ]
+            kpis = crm_kpi(envs[1], "kpis", "--json")
+            assert kpis.code == 0 and json.loads(kpis.stdout), kpis.stderr
             reader = replays[2].reader
             assert isinstance(reader, ClusterClient)
             assert len({reader.get_node_from_key(Keys(prefix).group(g).offsets).port for g in range(12)}) == 3
@@ -114,3 +129,20 @@ def _series(replay: Replay, now: float, cache: ReadCache | None) -> Series:
     s = replay.settings
     snap = read_snapshot(replay.reader, replay.keys, replay.windows, s.kpi_config(), now, s.max_future_skew, cache)
     return {(name, tuple(sorted(labels.items()))): value for name, labels, value in kpi_samples(snap)}
+
+
+def test_cluster_mode_against_a_redis_without_it_fails_in_one_line(redis_url: str, prefix: str) -> None:
+    run = crm_kpi(
+        {"CRM_KPI_REDIS_URL": redis_url, "CRM_KPI_REDIS_KEY_PREFIX": prefix, "CRM_KPI_REDIS_CLUSTER": "true"}, "kpis"
+    )
+    assert run.code != 0
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "Cluster" in run.stderr or "cluster" in run.stderr, run.stderr
+
+
+def test_cluster_mode_refuses_a_unix_socket_url_in_one_line() -> None:
+    run = crm_kpi({"CRM_KPI_REDIS_URL": "unix:///tmp/redis.sock", "CRM_KPI_REDIS_CLUSTER": "true"}, "kpis")
+    assert run.code != 0
+    assert run.stderr.strip().splitlines() == [
+        "crm-kpi: invalid settings: CRM_KPI_REDIS_CLUSTER=true needs a redis:// or rediss:// URL of one cluster node"
+    ], run.stderr
