@@ -1,6 +1,7 @@
 """One batch of Kafka records, end to end: decode, dead-letter, dedupe, fold, apply.
 
-Exactness (docs/delivery.md) rests on one atomic Redis call per batch that
+Exactness (docs/delivery.md) rests on one atomic Redis call per partition group of
+a batch (its records of one Kafka partition number, whose keys share a hash tag) that
 (a) fences each partition's applied offset, so a replayed record is never
 applied twice however late it comes back, (b) records event-id digests, so a
 producer's second copy within the dedupe horizon is dropped, and (c) writes
