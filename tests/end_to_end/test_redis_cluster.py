@@ -180,27 +180,36 @@ async def test_slots_moved_while_the_worker_writes_lose_nothing(
     ends = await _publish(env, published[:cut])
     client = aiocluster.RedisCluster.from_url(cluster.url)
     worker = WorkerProcess(env, "worker", tmp_path / "worker.log").start()
+    worker_url = f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
+
+    def met() -> bool:
+        """The moves met the worker's writes: redis-py followed an ASK, or a script found a key
+        already moved ("non local key", before its first write) or a node said TRYAGAIN, and the
+        worker retried (crm_redis_errors_total)."""
+        retried = scrape(worker_url).get(("crm_redis_errors_total", ()), 0)
+        return _asking_calls(cluster) > asked_before or retried > 0
+
     try:
         await wait_for(lambda: _at_least(client, prefix, 0.5 * sum(ends.values())), 120, "a part applied")
-        source, count, _ = _slots_to_move(cluster, prefix)
-        target = next(p for p in cluster.master_ports() if p != source)
-        asked_before = _asking_calls(cluster, target)
-        # The group's keys move while records keep coming: the worker writes to the slot as it moves.
-        moving = asyncio.ensure_future(asyncio.to_thread(cluster.reshard, count, source, target))
-        rest = published[cut:]
-        while rest and not moving.done():
-            ends = _later(ends, await _publish(env, rest[:200]))
-            rest = rest[200:]
-        await moving
-        ends = _later(ends, await _publish(env, rest))
+        asked_before = _asking_calls(cluster)
+
+        async def keep_publishing(rest: list[dict[str, Any]]) -> dict[Any, int]:
+            out: dict[Any, int] = {}
+            for start in range(0, len(rest), 100):  # records keep coming while the slots move
+                out = _later(out, await _publish(env, rest[start : start + 100]))
+            return out
+
+        publishing = asyncio.ensure_future(keep_publishing(published[cut:]))
+        for _ in range(6):  # a group's slot and its keys move, back and forth, until a move meets a write
+            source, count, _ = _slots_to_move(cluster, prefix)
+            target = next(p for p in cluster.master_ports() if p != source)
+            await asyncio.to_thread(cluster.reshard, count, source, target)
+            if met():
+                break
+        ends = _later(ends, await publishing)
         cluster.wait_healthy()
         await wait_for(lambda: _all_applied(client, prefix, ends), 240, "every record applied")
-        # The move met the worker's writes: redis-py followed an ASK to the target, or a script
-        # found a key already moved ("non local key", before its first write) or a node said
-        # TRYAGAIN, and the worker retried (crm_redis_errors_total).
-        worker_url = f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
-        retried = scrape(worker_url).get(("crm_redis_errors_total", ()), 0)
-        assert _asking_calls(cluster, target) > asked_before or retried > 0, "the move never met a write"
+        assert met(), "no move met a write"
         _check(await _figures(env, tmp_path / "exporter.log"), events, now)
     finally:
         worker.stop()
@@ -211,10 +220,13 @@ def _later(a: dict[Any, int], b: dict[Any, int]) -> dict[Any, int]:
     return {tp: max(a.get(tp, 0), b.get(tp, 0)) for tp in a.keys() | b.keys()}
 
 
-def _asking_calls(cluster: RedisCluster, port: int) -> int:
-    """ASKING commands a node received: each is a client following an ASK redirect to it."""
-    stats = cluster.node(port).client().info("commandstats")
-    return int(stats.get("cmdstat_asking", {}).get("calls", 0))
+def _asking_calls(cluster: RedisCluster) -> int:
+    """ASKING commands the masters received: each is a client following an ASK redirect."""
+    total = 0
+    for port in cluster.master_ports():
+        stats = cluster.node(port).client().info("commandstats")
+        total += int(stats.get("cmdstat_asking", {}).get("calls", 0))
+    return total
 
 
 async def test_three_workers_on_a_cluster_give_the_figures_of_one_worker_on_one_redis(

@@ -114,14 +114,15 @@ def test_the_model_writes_and_reads_what_the_scripts_do(
     async def write() -> None:
         async_client = aioredis.Redis.from_url(redis_url)
         store = AsyncStore(async_client, keys, dedupe_horizon_s=86400.0, state_ttl_s=STATE_TTL_S)
+        await store.register([0])
         memo_r = FoldMemo() if memo else None
         try:
             for n, batch in enumerate(events):
                 note(f"batch {n}: {[(e.type, getattr(e, 'event_id', '')) for e in batch]}")
                 model.run(batch)
-                states = await store.read_states(entity_keys(batch, ctx))
+                states = await store.read_states(0, entity_keys(batch, ctx))
                 delta = fold([(e, to_us(e.occurred_at)) for e in batch], states, ctx, memo_r)
-                outcome = await store.apply(delta, [], [], ctx.now_s)
+                outcome = await store.apply(0, delta, [], [], ctx.now_s)
                 assert outcome.ok, outcome
                 if memo_r is not None:
                     memo_r.remember(delta)
