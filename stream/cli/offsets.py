@@ -83,10 +83,7 @@ class ResetResult:
 async def _partitions(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[TopicPartition]:
     described = await admin.describe_topics(list(topics))
     return sorted(
-        TopicPartition(t["topic"], p["partition"])
-        for t in described
-        if t["error_code"] == 0
-        for p in t["partitions"]
+        TopicPartition(t["topic"], p["partition"]) for t in described if t["error_code"] == 0 for p in t["partitions"]
     )
 
 
@@ -150,9 +147,7 @@ async def reset_offsets(
     added to the partition's gap, so `crm_kpi_history_gap_records` shows them.
     """
     chosen = set(partitions) if partitions is not None else None
-    states = [
-        s for s in await read_offsets(settings, store, topics) if chosen is None or s.partition in chosen
-    ]
+    states = [s for s in await read_offsets(settings, store, topics) if chosen is None or s.partition in chosen]
     results = []
     for s in states:
         after = s.log_start if to == "log-start" else s.log_end
@@ -215,4 +210,9 @@ def store_for(settings: Settings) -> tuple[Any, AsyncStore]:
     from stream.worker.consumer import redis_client
 
     client = redis_client(settings)
-    return client, AsyncStore(client, Keys(settings.redis_key_prefix), settings.dedupe_horizon, settings.state_ttl)
+    return client, AsyncStore(
+        client,
+        Keys(settings.redis_key_prefix, spread=settings.redis_cluster),
+        settings.dedupe_horizon,
+        settings.state_ttl,
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BUCKET_TOKEN_FIELD", "Keys", "group_of"]
+__all__ = ["BUCKET_TOKEN_FIELD", "Keys"]
 
 BUCKET_TOKEN_FIELD = "~v"
 """Field of every window bucket hash holding the token of the batch that last wrote it.
@@ -24,25 +24,35 @@ No counter code contains `~`.
 """
 
 
-def group_of(field: str) -> int:
-    """The partition group of an offsets field 'topic:partition': its partition number."""
-    return int(field.rpartition(":")[2])
-
-
 @dataclass(frozen=True)
 class Keys:
     """Key builder for one key prefix (setting CRM_KPI_REDIS_KEY_PREFIX) and one partition group.
 
-    `Keys(prefix)` is group 0; `keys.group(p)` the same prefix for group p. A Lua call
+    `Keys(prefix)` is group 0; `keys.group(g)` the same prefix for group g. A Lua call
     only ever touches the keys of one group (one Redis Cluster slot).
+
+    `spread`: one group per Kafka partition number (Redis Cluster: the groups spread
+    over the slots; producers must key events by customer_id, docs/events.md), or
+    False: every partition in group 0 — a single Redis needs no spreading, and one
+    group keeps every entity's events and every redelivery together however the
+    producers key them.
     """
 
     prefix: str = "crm"
     partition: int = 0
+    spread: bool = False
 
     def group(self, partition: int) -> Keys:
-        """The keys of partition group `partition` (Kafka partition number `partition` of every event topic)."""
-        return self if partition == self.partition else Keys(self.prefix, partition)
+        """The keys of partition group `partition` (see `group_for`)."""
+        return self if partition == self.partition else Keys(self.prefix, partition, self.spread)
+
+    def group_for(self, partition: int) -> int:
+        """The partition group holding the state of Kafka partition number `partition` of every event topic."""
+        return partition if self.spread else 0
+
+    def group_of(self, field: str) -> int:
+        """The partition group of an offsets field 'topic:partition'."""
+        return self.group_for(int(field.rpartition(":")[2]))
 
     @property
     def registry(self) -> str:

@@ -29,7 +29,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from stream.events.fold import BatchDelta
 from stream.kpis import UNPRUNED_SORTED_SETS
 from stream.store.connection import AsyncClient
-from stream.store.keys import BUCKET_TOKEN_FIELD, Keys, group_of
+from stream.store.keys import BUCKET_TOKEN_FIELD, Keys
 
 __all__ = ["ApplyOutcome", "AsyncStore", "LogMark", "as_text", "dedupe_slots", "event_digest", "lua_script"]
 
@@ -75,10 +75,10 @@ class LogMark:
     """Fingerprint of the last record applied (`stream.worker.logcheck.Fingerprint`), if recorded."""
 
 
-def _by_group(fields: Iterable[str]) -> dict[int, list[str]]:
+def _by_group(keys: Keys, fields: Iterable[str]) -> dict[int, list[str]]:
     out: dict[int, list[str]] = defaultdict(list)
     for f in fields:
-        out[group_of(f)].append(f)
+        out[keys.group_of(f)].append(f)
     return out
 
 
@@ -113,7 +113,7 @@ class AsyncStore:
 
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
         """Next offset to apply per 'topic:partition' field, for those Redis knows."""
-        groups = _by_group(fields)
+        groups = _by_group(self.keys, fields)
         if not groups:
             return {}
         replies = await self._concurrent(
@@ -128,7 +128,7 @@ class AsyncStore:
 
     async def load_marks(self, fields: Iterable[str]) -> dict[str, LogMark]:
         """Offset and last-record fingerprint per 'topic:partition' field, read in one atomic step."""
-        groups = _by_group(fields)
+        groups = _by_group(self.keys, fields)
         if not groups:
             return {}
         replies = await self._concurrent(
@@ -166,7 +166,7 @@ class AsyncStore:
         The fingerprint is replaced by `mark` (None: deleted); `lost` > 0 adds that many records
         to the partition's gap (`load_gaps`). Returns (done, the offset Redis held).
         """
-        keys = self.keys.group(group_of(field))
+        keys = self.keys.group(self.keys.group_of(field))
         await self.register([keys.partition])
         reply = await self._anchor(
             keys=[keys.offsets, keys.log_marks, keys.gaps],
@@ -183,7 +183,7 @@ class AsyncStore:
             raws = await self._concurrent(*(self.client.hgetall(self.keys.group(g).gaps) for g in groups))
             items = [(as_text(k), v) for raw in raws for k, v in raw.items()]
         else:
-            by_group = _by_group(fields)
+            by_group = _by_group(self.keys, fields)
             if not by_group:
                 return {}
             replies = await self._concurrent(

@@ -172,7 +172,7 @@ class BatchProcessor:
         """
         groups: dict[int, dict[Any, Sequence[Any]]] = {}
         for tp, records in batch.items():
-            groups.setdefault(tp.partition, {})[tp] = records
+            groups.setdefault(self.keys.group_for(tp.partition), {})[tp] = records
         return [self.prepare_group(g, part, expected, spans) for g, part in sorted(groups.items())]
 
     def prepare_group(

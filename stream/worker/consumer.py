@@ -34,7 +34,6 @@ from stream.kafka.topics import MissingTopicsError, require_topics
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys, LogMark
 from stream.store.connection import AsyncClient, async_client, describe_redis_error
-from stream.store.keys import group_of
 from stream.store.writer import lua_script
 from stream.worker.batch import _REDIS_DOWN, BatchProcessor, OffsetConflict, Span, Stopping, offset_field
 from stream.worker.dead_letters import DeadLetters
@@ -81,7 +80,6 @@ _RECHECK_BLOCKED_S = 5.0  # how often a paused partition's log is checked again 
 _RUNBOOK = "docs/runbooks.md"
 
 T = TypeVar("T")
-
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -142,7 +140,7 @@ class BatchConsumer(Service):
                 await self._redis.initialize()
             except _REDIS_DOWN as exc:
                 log.warning("Redis Cluster slot map not loaded yet (%s); the first calls load it", exc)
-        keys = Keys(s.redis_key_prefix)
+        keys = Keys(s.redis_key_prefix, spread=s.redis_cluster)
         self._store = AsyncStore(self._redis, keys, s.dedupe_horizon, s.state_ttl)
         kafka = kafka_client_options(s)
         # Dead letters: aiokafka holds one batch per partition and waits for it to be sent once
@@ -435,7 +433,7 @@ class BatchConsumer(Service):
                 stored = await asyncio.wait_for(self._store.load_offsets(fields), timeout=2.0)
                 # The readers' registry of groups is another key (another slot on a cluster): write
                 # it back should a failover or a restore have lost it (an idempotent SADD).
-                await asyncio.wait_for(self._store.register(group_of(f) for f in fields), timeout=2.0)
+                await asyncio.wait_for(self._store.register(self._store.keys.group_of(f) for f in fields), timeout=2.0)
             except (TimeoutError, *_REDIS_DOWN):
                 return
             moved = sorted(f for f, n in fields.items() if stored.get(f) != n)
@@ -622,7 +620,7 @@ class BatchConsumer(Service):
                 what,
                 _RUNBOOK,
             )
-        await self._processor.register({tp.partition for tp in owned})
+        await self._processor.register({self._processor.keys.group_for(tp.partition) for tp in owned})
         await self._load_gaps(owned)
         log.debug("resynced %d partitions after %s", len(owned), why)
         return True

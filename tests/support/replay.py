@@ -53,7 +53,7 @@ class Replay:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.keys = Keys(s.redis_key_prefix)
+        self.keys = Keys(s.redis_key_prefix, spread=self.partitions > 1)
         self.windows = make_windows(s.windows)
         self.rules = fold_rules(s.kpi_config())
         self.store = AsyncStore(self.client, self.keys, s.dedupe_horizon, s.state_ttl)
