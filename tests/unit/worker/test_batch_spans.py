@@ -18,9 +18,10 @@ from tests.support.config import clean_settings
 TP = TopicPartition("crm.leads", 0)
 
 
-def _processor() -> BatchProcessor:
+def _processor(spread: bool = False) -> BatchProcessor:
     settings = clean_settings()
-    return BatchProcessor(settings, None, None, WorkerMetrics(), make_windows(settings.windows), Keys("p"))  # type: ignore[arg-type]
+    keys = Keys("p", spread=spread)
+    return BatchProcessor(settings, None, None, WorkerMetrics(), make_windows(settings.windows), keys)  # type: ignore[arg-type]
 
 
 def _records(*offsets: int) -> list[Any]:
@@ -56,11 +57,17 @@ def test_without_spans_a_batch_claims_its_records() -> None:
 
 
 def test_a_batch_splits_into_one_group_per_partition_number_across_topics() -> None:
-    """Partition p of every event topic is one group: one atomic write, keys under one hash tag."""
+    """Spread (Redis Cluster): partition p of every event topic is one group: one atomic write, one hash tag."""
     deals = TopicPartition("crm.deals", 1)
     leads1, leads3 = TopicPartition("crm.leads", 1), TopicPartition("crm.leads", 3)
-    parts = _processor().prepare({leads3: _records(0), leads1: _records(5), deals: _records(7)}, {}, None)
+    batch = {leads3: _records(0), leads1: _records(5), deals: _records(7)}
+    parts = _processor(spread=True).prepare(batch, {}, None)
     assert [(p.group, sorted(f for f, *_ in p.ranges)) for p in parts] == [
         (1, ["crm.deals:1", "crm.leads:1"]),
         (3, ["crm.leads:3"]),
+    ]
+    # A single Redis keeps every partition in group 0: one write for the whole batch.
+    parts = _processor().prepare(batch, {}, None)
+    assert [(p.group, sorted(f for f, *_ in p.ranges)) for p in parts] == [
+        (0, ["crm.deals:1", "crm.leads:1", "crm.leads:3"]),
     ]
