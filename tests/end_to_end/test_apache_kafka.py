@@ -374,7 +374,19 @@ async def test_worker_and_broker_crashes_mid_stream_count_every_event_once(
         worker = WorkerProcess(env, "worker", log).start()
         await wait_for(lambda: applied(redis, prefix, ends), 180, f"every record applied (seed {seed})")
         assert_matches(await _exporter_figures(env, tmp_path / "exporter.log"), expected(events, now))
-        ops = scrape(f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics")
+        # The last worker may find every record applied already (the one before it got to the
+        # end before its kill): its /metrics can still be starting.
+        worker_url = f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
+
+        async def serving() -> bool:
+            try:
+                scrape(worker_url)
+                return True
+            except OSError:
+                return False
+
+        await wait_for(serving, 60, f"the last worker to serve /metrics (seed {seed})")
+        ops = scrape(worker_url)
         assert ops.get(("crm_events_invalid_total", (("reason", "invalid_fields"),)), 0) == 0
     finally:
         worker.stop()
