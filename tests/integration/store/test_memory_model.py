@@ -55,13 +55,15 @@ def redis_dump(client: redis.Redis, keys: Keys) -> tuple[Dump, set[str]]:
                 persistent.add(key)
         elif kind == "hash":
             fields = {f.decode(): v for f, v in client.hgetall(key).items()}  # type: ignore[union-attr]
-            # Every bucket and distinct-count hash a batch wrote carries that batch's token (the
-            # exporter's ReadCache, apply.lua): not a counter, so not in the model; a bucket
-            # without one would never be re-read.
+            # Every bucket and distinct-member hash a batch wrote carries that batch's token (the
+            # exporter's ReadCache): not a counter, so not in the model; one without would never be re-read.
             token = fields.pop(BUCKET_TOKEN_FIELD, None)
-            assert (token is not None) == key.startswith((keys.tag + ":w:", keys.tag + ":wd:")), key
-            if not fields and key.startswith(keys.tag + ":wd:"):
-                continue  # every member back at 0: only the token keeps the hash (until it expires)
+            windowed = (keys.tag + ":w:", keys.tag + ":wd:")
+            assert (token is not None) == key.startswith(windowed), key
+            if not fields:
+                # A distinct hash whose members all went back to 0 keeps only the token until it
+                # expires: no member, as the model (which drops the key) has it.
+                continue
             out[key] = {f: int(v) for f, v in fields.items()}
         elif kind == "zset":
             out[key] = {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}  # type: ignore[union-attr]
