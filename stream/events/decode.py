@@ -8,6 +8,7 @@ from typing import Any, Final
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from schemas import EVENT_TYPES, MODELS, TOPIC_FAMILY, event_adapter, type_of
 from stream.events.windows import to_us
@@ -54,10 +55,16 @@ def decode(raw: bytes | None, family: str, now_us: int, max_bytes: int, max_skew
         return Rejection("invalid_json", "empty record value (tombstone)")
     if len(raw) > max_bytes:
         return Rejection("too_large", f"{len(raw)} bytes > limit {max_bytes}")
-    try:
-        event = _validate(raw)
-    except ValidationError as exc:
-        return _classify(raw, family, exc)
+    if raw[:1] != b"{" and not raw.lstrip(b" \t\n\r").startswith(b"{"):
+        # Only an object can be an event: orjson says cheaply what this is instead (invalid
+        # JSON, an array…), and pydantic never parses such hostile bytes (20 KB of nested
+        # brackets, binary) only to fail.
+        shape = _shape(raw)
+        if isinstance(shape, Rejection):
+            return shape
+    event = _validate(raw)
+    if type(event) is _Refused:
+        return _classify(raw, family, event.errors[0], event.tag)
     if TOPIC_FAMILY[event.type] != family:
         return _wrong_topic(event.type, family)
     t_us = to_us(event.occurred_at)
@@ -69,15 +76,39 @@ def decode(raw: bytes | None, family: str, now_us: int, max_bytes: int, max_skew
     return event, t_us
 
 
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """pydantic refused the record: its errors, and the model's type when one model alone gave them
+    (their locations then lack the union's leading type)."""
+
+    errors: list[ErrorDetails]
+    tag: str | None
+
+
 def _validate(raw: bytes) -> Any:
+    """The event, or `_Refused`."""
     guess = _TYPE_GUESS.search(raw)
-    validator = _MODEL_VALIDATORS.get(guess.group(1)) if guess is not None else None
-    if validator is not None:
-        try:
-            return validator.validate_json(raw)
-        except ValidationError:
-            pass
-    return event_adapter.validate_json(raw)
+    if guess is not None:
+        validator = _MODEL_VALIDATORS.get(guess.group(1))
+        if validator is not None:
+            try:
+                return validator.validate_json(raw)
+            except ValidationError as exc:
+                errors = _errors(exc)
+            # The union picks its model by the top-level "type". This model found no fault
+            # with that field, so the guess was right and the union would refuse the record
+            # the same way: asking it too doubled pydantic's work on a bad record (issue #11).
+            if not any(e["loc"][:1] == ("type",) for e in errors):
+                return _Refused(errors, guess.group(1).decode())
+    try:
+        return event_adapter.validate_json(raw)
+    except ValidationError as exc:
+        return _Refused(_errors(exc), None)
+
+
+def _errors(exc: ValidationError) -> list[ErrorDetails]:
+    # Without the inputs: a refused record's input may be 10,000-deep or 5,000 digits long.
+    return exc.errors(include_url=False, include_context=False, include_input=False)
 
 
 def _wrong_topic(event_type: str, family: str) -> Rejection:
@@ -86,18 +117,26 @@ def _wrong_topic(event_type: str, family: str) -> Rejection:
     )
 
 
-def _classify(raw: bytes, family: str, exc: ValidationError) -> Rejection:
+def _shape(raw: bytes) -> Rejection | dict[str, Any]:
+    """The JSON object `raw` holds, or why it holds none."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
         return Rejection("invalid_json", f"not JSON: {str(err)[:120]}")
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def _classify(raw: bytes, family: str, first: ErrorDetails, tag: str | None) -> Rejection:
+    obj = _shape(raw)
+    if isinstance(obj, Rejection):
+        return obj
     kind = obj.get("type")
     if isinstance(kind, str) and kind not in _KNOWN_TYPES:
         return Rejection("unknown_type", f"unknown type {kind[:64]!r}")
     if isinstance(kind, str) and TOPIC_FAMILY[kind] != family:
         return _wrong_topic(kind, family)
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
+    loc = first["loc"] if tag is None else (tag, *first["loc"])
+    where = ".".join(str(p) for p in loc[1:] or loc)
     return Rejection("invalid_fields", f"{where}: {first['msg']}"[:200])

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from stream.build_info import build_info
 from stream.events.windows import make_windows
 from stream.kpis import METRICS
-from stream.security.http import start_metrics_server
+from stream.security.http import serve_until_terminated, start_metrics_server
 from stream.security.webconfig import load_web_config
 from stream.settings import Settings
 from stream.store import Keys, ReadCache, Snapshot, read_snapshot
@@ -158,17 +158,5 @@ def run_exporter(settings: Settings, block: bool = True) -> Any:
     list(KpiCollector(client, settings).collect())
     if not block:
         return server
-    import signal
-
-    def _terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM (docker stop, the demo) ends as cleanly as Ctrl-C
-
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        while thread.is_alive():
-            thread.join(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
+    serve_until_terminated(server, thread)
     return None

@@ -31,7 +31,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.coordination import FindCoordinatorRequest
 from aiokafka.protocol.types import Array, Boolean, Bytes, Int16, Int32, Schema, String
 
-from stream.security.redact import mask_url, redactor
+from stream.security.redact import AccessError, redactor
 from stream.security.tls import client_context
 
 if TYPE_CHECKING:
@@ -50,20 +50,13 @@ __all__ = [
 PERMANENT = frozenset({"tls", "auth", "acl", "config"})
 
 
-class KafkaAccessError(Exception):
+class KafkaAccessError(AccessError):
     """Kafka cannot be used as configured; str() is one line, `kind` classifies it.
 
     kind: "unreachable", "tls", "auth", "acl", "topic" or "config".
     """
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(mask_url(message))
-        self.kind = kind
-
-    @property
-    def permanent(self) -> bool:
-        """True when retrying cannot help until an operator changes something."""
-        return self.kind in PERMANENT
+    PERMANENT_KINDS = PERMANENT
 
 
 # --- client options ------------------------------------------------------------------

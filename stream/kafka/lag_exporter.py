@@ -39,7 +39,7 @@ from prometheus_client.registry import Collector
 from stream.build_info import build_info
 from stream.kafka.clients import kafka_client_options
 from stream.kafka.topics import partitions_of
-from stream.security.http import start_metrics_server
+from stream.security.http import serve_until_terminated, start_metrics_server
 from stream.security.webconfig import load_web_config
 from stream.settings import Settings
 
@@ -164,17 +164,5 @@ def run_lag_exporter(settings: Settings, block: bool = True) -> Any:
     )
     if not block:
         return server
-    import signal
-
-    def _terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        while thread.is_alive():
-            thread.join(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
+    serve_until_terminated(server, thread)
     return None

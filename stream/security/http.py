@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream.security.webconfig import REALM, WebConfig
 
-__all__ = ["MetricsHttpServer", "aiohttp_metrics_app", "start_metrics_server"]
+__all__ = ["MetricsHttpServer", "aiohttp_metrics_app", "serve_until_terminated", "start_metrics_server"]
 
 log = logging.getLogger(__name__)
 _UNAUTHORIZED_HEADERS = [
@@ -125,3 +125,20 @@ def start_metrics_server(
     thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     return httpd, thread
+
+
+def serve_until_terminated(server: MetricsHttpServer, thread: threading.Thread) -> None:
+    """Block while `start_metrics_server`'s thread serves; SIGTERM or Ctrl-C shut the server down."""
+    import signal
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM (docker stop, the demo) ends as cleanly as Ctrl-C
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        while thread.is_alive():
+            thread.join(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()

@@ -14,9 +14,9 @@ import re
 import threading
 import traceback
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["MASK", "Redactor", "install_redaction", "mask_url", "redactor"]
+__all__ = ["MASK", "AccessError", "Redactor", "install_redaction", "mask_url", "redactor"]
 
 MASK = "***"
 # The user-info of any URL-ish text: after "//" or a scheme's ":" (also the malformed
@@ -33,6 +33,24 @@ def mask_url(text: str) -> str:
         return f"{m.group('lead')}{user + ':' if sep else ''}{MASK}@"
 
     return _USERINFO.sub(repl, text)
+
+
+class AccessError(Exception):
+    """A server (Kafka, Redis) cannot be used as configured: str() is one line, no secret in it.
+
+    `kind` classifies the failure; a subclass names the kinds that are `permanent`.
+    """
+
+    PERMANENT_KINDS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(mask_url(message))
+        self.kind = kind
+
+    @property
+    def permanent(self) -> bool:
+        """True when retrying cannot help until an operator changes something."""
+        return self.kind in self.PERMANENT_KINDS
 
 
 class Redactor:

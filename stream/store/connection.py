@@ -22,7 +22,7 @@ import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
-from stream.security.redact import mask_url
+from stream.security.redact import AccessError
 
 if TYPE_CHECKING:
     from stream.settings import Settings
@@ -33,20 +33,13 @@ __all__ = ["PERMANENT", "RedisAccessError", "async_client", "describe_redis_erro
 PERMANENT = frozenset({"tls", "auth", "acl"})
 
 
-class RedisAccessError(Exception):
+class RedisAccessError(AccessError):
     """Redis cannot be used as configured; str() is one line, `kind` classifies it.
 
     kind: "unreachable", "timeout", "tls", "auth", "acl", "loading" or "error".
     """
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(mask_url(message))
-        self.kind = kind
-
-    @property
-    def permanent(self) -> bool:
-        """True when retrying cannot help until an operator changes something."""
-        return self.kind in PERMANENT
+    PERMANENT_KINDS = PERMANENT
 
 
 def _options(settings: Settings) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class Prepared:
     entity_keys: list[str]
     seconds: float
     newest: dict[str, int]  # partition field -> newest occurred_at (µs) of its valid records
+    # The send of `rejected` to the dead-letter topic, once started (BatchProcessor.send_dead_letters).
+    dead_lettered: asyncio.Future[None] | None = None
 
 
 class BatchProcessor:
@@ -202,6 +204,29 @@ class BatchProcessor:
             ranges, unique, digests, rejected, len(valid) - len(unique), ent_keys, time.perf_counter() - started, newest
         )
 
+    def send_dead_letters(self, prep: Prepared) -> None:
+        """Start sending the batch's invalid records to the dead-letter topic (retried through outages).
+
+        The consumer starts it as soon as the batch is prepared, so Kafka's ack arrives while
+        the batch before is still being written; `apply` waits for it before its Redis write.
+        """
+        if prep.rejected and prep.dead_lettered is None:
+            rejected = prep.rejected
+            sending = asyncio.ensure_future(self._retry(lambda: self.dead_letters.send(rejected), "dead-letter send"))
+            # A batch dropped before `apply` (a resync, a stop) never awaits it: not an unhandled error.
+            sending.add_done_callback(lambda done: done.cancelled() or done.exception())
+            prep.dead_lettered = sending
+
+    @staticmethod
+    def discard(prep: Prepared) -> None:
+        """Forget a prepared batch that will not be applied (a resync drops it): stop its dead-letter send.
+
+        Letters already acked stay in the topic; the batch's records are read and sent again
+        (the topic is written at least once, docs/events.md).
+        """
+        if prep.dead_lettered is not None:
+            prep.dead_lettered.cancel()
+
     async def apply(self, prep: Prepared, expected: Mapping[str, int], read: BatchRead | None = None) -> dict[str, int]:
         """The I/O half: dead letters, then one atomic Redis write (plus the batch's read).
 
@@ -220,7 +245,9 @@ class BatchProcessor:
         # Dead letters are acked by Kafka before the batch's offsets are recorded
         # in Redis: a crash in between re-sends them rather than losing them.
         if rejected:
-            await self._retry(lambda: self.dead_letters.send(rejected), "dead-letter send")
+            self.send_dead_letters(prep)  # unless the consumer started it already
+            assert prep.dead_lettered is not None
+            await prep.dead_lettered
 
         # Repeats inside the batch were dropped by prepare; repeats of earlier batches
         # (redeliveries, another worker's copy) are answered by the read before the fold

@@ -300,7 +300,12 @@ class BatchConsumer(Service):
                 return
             batch = {tp: recs for tp, recs in batch.items() if tp in spans}
             prepared = processor.prepare(batch, self._expected, spans) if batch else None
+            if prepared is not None:
+                # Kafka acks this batch's dead letters while the previous batch is written.
+                processor.send_dead_letters(prepared)
             if not await self._finish_inflight():
+                if prepared is not None:
+                    processor.discard(prepared)
                 return  # resynced from Redis: every partition was sought again, this batch is stale
             if prepared is None or not prepared.ranges:
                 return

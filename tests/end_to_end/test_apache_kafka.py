@@ -9,116 +9,75 @@ Producers: aiokafka (the product's client), librdkafka through confluent-kafka, 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.reference import assert_matches, expected, make_stream
-from schemas import TOPIC_FAMILY
 from stream.kafka.topics import create_topics
 from tests.support.apache_kafka import ApacheKafka, KafkaUnavailable, kafka_libs
 from tests.support.harness import (
     ROOT,
     WorkerProcess,
     applied,
+    end_offsets,
+    exporter_figures,
+    messages,
     produce,
     read_topic,
     required_tool,
     scrape,
+    scrape_when_up,
+    seed_of,
     settings_of,
     stack_env,
     wait_for,
 )
 
 Message = tuple[str, bytes, bytes]
-Scraped = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def _seed(default: int) -> int:
-    """CRM_KPI_TEST_SEED, else `default`; printed, so a failure's report shows it."""
-    seed = int(os.environ.get("CRM_KPI_TEST_SEED") or default)
-    print(f"seed={seed} (rerun with CRM_KPI_TEST_SEED={seed})")
-    return seed
+@dataclass
+class _Published:
+    """A seeded core stream for one test, on its own topics (created) and keys."""
+
+    now: datetime
+    events: list[dict[str, Any]]  # unique
+    published: list[dict[str, Any]]  # with the producer retries
+    env: dict[str, str]
 
 
-def _messages(env: dict[str, str], events: Iterable[dict[str, Any]]) -> list[Message]:
-    """(topic, key, value) per event, keyed by customer as the product's publisher does."""
-    settings = settings_of(env)
-    return [
-        (
-            settings.topic(TOPIC_FAMILY[e["type"]]),
-            str(e.get("customer_id", e["event_id"])).encode(),
-            json.dumps(e).encode(),
-        )
-        for e in events
-    ]
-
-
-async def _end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
-    """The end offset of every non-empty partition of `topics`, as the broker reports it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(list(topics))
-    finally:
-        await admin.close()
-    tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    return {tp: end for tp, end in ends.items() if end > 0}
-
-
-async def _exporter_figures(env: dict[str, str], log: Path) -> Scraped:
-    """Start `crm-kpi exporter`, scrape it once it serves, stop it."""
-    exporter = WorkerProcess(env, "exporter", log).start()
-    url = f"http://127.0.0.1:{env['CRM_KPI_EXPORTER_PORT']}/metrics"
-    try:
-
-        async def up() -> bool:
-            try:
-                scrape(url)
-                return True
-            except OSError:
-                return False
-
-        await wait_for(up, 30, "the exporter to serve /metrics")
-        return scrape(url)
-    finally:
-        exporter.stop()
+async def _stream(kafka: ApacheKafka, redis_url: str, prefix: str, n: int, seed: int) -> _Published:
+    now = datetime.now(UTC)
+    events, published = make_stream(n, seed=seed_of(seed), now=now)
+    env = stack_env(kafka.bootstrap, redis_url, prefix, topic_partitions="3")
+    await create_topics(settings_of(env))
+    return _Published(now, events, published, env)
 
 
 async def _count_and_check(
-    env: dict[str, str],
-    client: aioredis.Redis,
-    events: list[dict[str, Any]],
-    published: list[dict[str, Any]],
-    ends: dict[TopicPartition, int],
-    now: datetime,
-    tmp_path: Path,
+    stream: _Published, client: aioredis.Redis, ends: dict[TopicPartition, int], tmp_path: Path
 ) -> None:
     """Run a worker over the published stream; the exporter's and the worker's figures must be exact."""
+    env, events, published = stream.env, stream.events, stream.published
     assert sum(ends.values()) == len(published), "every published record must be in the log once"
     worker = WorkerProcess(env, "worker", tmp_path / "worker.log").start()
     try:
         await wait_for(lambda: applied(client, env["CRM_KPI_REDIS_KEY_PREFIX"], ends), 120, "every record applied")
-        assert_matches(await _exporter_figures(env, tmp_path / "exporter.log"), expected(events, now))
+        assert_matches(await exporter_figures(env, tmp_path / "exporter.log"), expected(events, stream.now))
         ops = scrape(f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics")
         for kind, n in Counter(e["type"] for e in events).items():
             assert ops[("crm_events_processed_total", (("type", kind),))] == n, kind
@@ -129,6 +88,15 @@ async def _count_and_check(
 
 
 # --- the fixture itself ----------------------------------------------------------------
+
+
+async def _create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
 
 
 def test_compose_runs_the_version_the_tests_run() -> None:
@@ -155,19 +123,14 @@ async def test_restart_keeps_the_log_and_wipe_loses_it(apache_kafka_factory: Cal
     kafka = apache_kafka_factory(partitions=2, listeners={"EXTERNAL": "PLAINTEXT"})
     assert kafka.address("EXTERNAL") != kafka.bootstrap
     print(f"broker start: {kafka.startup_seconds:.1f}s")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic("kept", 2, 1)])
-    finally:
-        await admin.close()
+    await _create_topic(kafka.bootstrap, "kept", 2)
     records = [("kept", f"k{i}".encode(), f"v{i}".encode()) for i in range(500)]
     ends = await produce(kafka.bootstrap, records)
     assert sum(ends.values()) == 500
 
     await asyncio.to_thread(kafka.restart)
     print(f"restart after SIGKILL: {kafka.startup_seconds:.1f}s")
-    assert await _end_offsets(kafka.bootstrap, ["kept"]) == ends
+    assert await end_offsets(kafka.bootstrap, ["kept"], empty=False) == ends
     got = await read_topic(kafka.address("EXTERNAL"), "kept", 500)
     assert sorted(r.value for r in got) == sorted(v for _, _, v in records)
 
@@ -176,13 +139,8 @@ async def test_restart_keeps_the_log_and_wipe_loses_it(apache_kafka_factory: Cal
     print(f"restart with an empty log: {kafka.startup_seconds:.1f}s")
     assert kafka.cluster_id == cluster
     assert "kept" not in kafka.metadata().topics
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic("kept", 2, 1)])
-    finally:
-        await admin.close()
-    assert await _end_offsets(kafka.bootstrap, ["kept"]) == {}
+    await _create_topic(kafka.bootstrap, "kept", 2)
+    assert await end_offsets(kafka.bootstrap, ["kept"], empty=False) == {}
 
 
 # --- the product on Apache Kafka ---------------------------------------------------------
@@ -227,12 +185,9 @@ async def test_topics_create_makes_the_configured_partitions(
 async def test_core_kpis_are_exact_on_apache_kafka(
     apache_kafka: ApacheKafka, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
-    now = datetime.now(UTC)
-    events, published = make_stream(600, seed=_seed(21), now=now)
-    env = stack_env(apache_kafka.bootstrap, redis_url, prefix, topic_partitions="3")
-    await create_topics(settings_of(env))
-    ends = await produce(apache_kafka.bootstrap, _messages(env, published))
-    await _count_and_check(env, redis, events, published, ends, now, tmp_path)
+    stream = await _stream(apache_kafka, redis_url, prefix, 600, seed=21)
+    ends = await produce(apache_kafka.bootstrap, messages(stream.env, stream.published))
+    await _count_and_check(stream, redis, ends, tmp_path)
 
 
 def _confluent_produce(bootstrap: str, messages: list[Message]) -> dict[TopicPartition, int]:
@@ -271,13 +226,11 @@ def _confluent_produce(bootstrap: str, messages: list[Message]) -> dict[TopicPar
 async def test_confluent_kafka_producer_is_counted_exactly(
     apache_kafka: ApacheKafka, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
-    now = datetime.now(UTC)
-    events, published = make_stream(800, seed=_seed(22), now=now)
-    env = stack_env(apache_kafka.bootstrap, redis_url, prefix, topic_partitions="3")
-    await create_topics(settings_of(env))
-    ends = await asyncio.to_thread(_confluent_produce, apache_kafka.bootstrap, _messages(env, published))
-    assert ends == await _end_offsets(apache_kafka.bootstrap, settings_of(env).event_topics())
-    await _count_and_check(env, redis, events, published, ends, now, tmp_path)
+    stream = await _stream(apache_kafka, redis_url, prefix, 800, seed=22)
+    records = messages(stream.env, stream.published)
+    ends = await asyncio.to_thread(_confluent_produce, apache_kafka.bootstrap, records)
+    assert ends == await end_offsets(apache_kafka.bootstrap, settings_of(stream.env).event_topics(), empty=False)
+    await _count_and_check(stream, redis, ends, tmp_path)
 
 
 def _kcat_produce(kcat: str, bootstrap: str, topic: str, messages: list[Message]) -> None:
@@ -299,18 +252,14 @@ async def test_kcat_producer_is_counted_exactly(
     apache_kafka: ApacheKafka, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
     kcat = required_tool("kcat", "kcat")
-    now = datetime.now(UTC)
-    events, published = make_stream(400, seed=_seed(23), now=now)
-    env = stack_env(apache_kafka.bootstrap, redis_url, prefix, topic_partitions="3")
-    settings = settings_of(env)
-    await create_topics(settings)
+    stream = await _stream(apache_kafka, redis_url, prefix, 400, seed=23)
     by_topic: dict[str, list[Message]] = {}
-    for message in _messages(env, published):
+    for message in messages(stream.env, stream.published):
         by_topic.setdefault(message[0], []).append(message)
-    for topic, messages in by_topic.items():
-        await asyncio.to_thread(_kcat_produce, kcat, apache_kafka.bootstrap, topic, messages)
-    ends = await _end_offsets(apache_kafka.bootstrap, settings.event_topics())
-    await _count_and_check(env, redis, events, published, ends, now, tmp_path)
+    for topic, records in by_topic.items():
+        await asyncio.to_thread(_kcat_produce, kcat, apache_kafka.bootstrap, topic, records)
+    ends = await end_offsets(apache_kafka.bootstrap, settings_of(stream.env).event_topics(), empty=False)
+    await _count_and_check(stream, redis, ends, tmp_path)
 
 
 # --- crashes on Apache Kafka ---------------------------------------------------------------
@@ -332,14 +281,14 @@ async def test_worker_and_broker_crashes_mid_stream_count_every_event_once(
 ) -> None:
     """Worker SIGKILLed, broker SIGKILLed and restarted, worker SIGKILLed again: exact figures at the end."""
     kafka = apache_kafka_factory()
-    seed = _seed(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(30_000, seed=seed, now=now)
     # Small batches: many Redis writes and commits for each crash to land between.
     env = stack_env(kafka.bootstrap, redis_url, prefix, topic_partitions="4", batch_max_records="500")
     await create_topics(settings_of(env))
-    ends = await produce(kafka.bootstrap, _messages(env, published))
+    ends = await produce(kafka.bootstrap, messages(env, published))
     total = sum(ends.values())
     assert total == len(published)
     log = tmp_path / "worker.log"
@@ -373,20 +322,11 @@ async def test_worker_and_broker_crashes_mid_stream_count_every_event_once(
         worker.kill()
         worker = WorkerProcess(env, "worker", log).start()
         await wait_for(lambda: applied(redis, prefix, ends), 180, f"every record applied (seed {seed})")
-        assert_matches(await _exporter_figures(env, tmp_path / "exporter.log"), expected(events, now))
+        assert_matches(await exporter_figures(env, tmp_path / "exporter.log"), expected(events, now))
         # The last worker may find every record applied already (the one before it got to the
         # end before its kill): its /metrics can still be starting.
         worker_url = f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
-
-        async def serving() -> bool:
-            try:
-                scrape(worker_url)
-                return True
-            except OSError:
-                return False
-
-        await wait_for(serving, 60, f"the last worker to serve /metrics (seed {seed})")
-        ops = scrape(worker_url)
+        ops = await scrape_when_up(worker_url, 60, f"the last worker to serve /metrics (seed {seed})")
         assert ops.get(("crm_events_invalid_total", (("reason", "invalid_fields"),)), 0) == 0
     finally:
         worker.stop()

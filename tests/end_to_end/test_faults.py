@@ -23,26 +23,26 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
+from bench.hostile import hostile_records, interleave
 from bench.reference import assert_matches, expected, make_stream
 from stream.devtools.servers import EmbeddedServer, start_redis
 from stream.kafka.topics import create_topics
 from tests.support.apache_kafka import ApacheKafka
-from tests.support.faults import (
-    TcpProxy,
+from tests.support.faults import TcpProxy, crm_kpi, log_lines, metric_sum, produce_paced, read_all, worker_metrics
+from tests.support.harness import (
+    WorkerProcess,
+    applied,
     applied_at_least,
-    crm_kpi,
     end_offsets,
     exporter_figures,
-    log_lines,
     messages,
-    metric_sum,
-    produce_paced,
+    produce,
     progress,
-    read_all,
     seed_of,
-    worker_metrics,
+    settings_of,
+    stack_env,
+    wait_for,
 )
-from tests.support.harness import WorkerProcess, applied, produce, settings_of, stack_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ async def test_redis_restarted_from_an_older_snapshot_is_caught_up_exactly(
     The second rewind leaves every partition idle: no batch fence can see it, the worker's
     watch of Redis's offsets must.
     """
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     # One stream, published in two parts: the model joins tickets and deals across them.
@@ -146,7 +146,7 @@ async def test_redis_restarted_empty_is_rebuilt_from_the_log(
     apache_kafka: ApacheKafka, own_redis: EmbeddedServer, prefix: str, tmp_path: Path
 ) -> None:
     """Redis restarts with no data mid-stream: the worker rebuilds every partition from the log start, exactly."""
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(30_000, seed=seed, now=now)
@@ -184,7 +184,7 @@ async def test_redis_empty_and_log_past_its_retention_says_the_history_is_incomp
     Then records beyond Redis's offsets are deleted while the worker is down: they can never be
     applied, the worker skips to the log start and counts them in the same gap.
     """
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     _, published = make_stream(6_000, seed=seed, now=now)
@@ -278,7 +278,7 @@ async def test_recreated_topic_pauses_its_partitions_until_an_operator_reanchors
     at its log start (or, for one, at its end: those records are skipped and reported as a gap);
     the worker resumes by itself and every figure is exact.
     """
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     _, stream = make_stream(9_000, seed=seed, now=now)
@@ -359,7 +359,7 @@ async def test_kill_9_at_ten_random_instants_counts_every_event_once(
     apache_kafka: ApacheKafka, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
     """100,000 events; the worker is SIGKILLed at 10 seeded instants while it applies them."""
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(100_000, seed=seed, now=now)
@@ -404,7 +404,7 @@ async def test_workers_joining_and_leaving_under_load_end_with_no_lag(
     Every figure is exact and, once the stream ends, every partition's lag is 0 on the
     worker that owns it.
     """
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     now = datetime.now(UTC)
     events, published = make_stream(60_000, seed=seed, now=now)
     env = _env(apache_kafka.bootstrap, redis_url, prefix)
@@ -471,7 +471,7 @@ async def test_broker_kill_9_and_restart_while_publishing_and_applying(
 ) -> None:
     """The broker is SIGKILLed mid-stream and restarted on its log; producers retry; exact figures."""
     kafka = apache_kafka_factory()
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(30_000, seed=seed, now=now)
@@ -519,7 +519,7 @@ async def test_replays_leave_every_figure_unchanged(
     apache_kafka: ApacheKafka, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
     """Group reset to the earliest offsets; a new group id; a new group and Redis's offsets deleted: same figures."""
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     now = datetime.now(UTC)
     events, published = make_stream(8_000, seed=seed, now=now)
     env = _env(apache_kafka.bootstrap, redis_url, prefix)
@@ -575,59 +575,6 @@ async def test_replays_leave_every_figure_unchanged(
 # --- bad input -----------------------------------------------------------------------------
 
 
-def _poison(settings: Any, rnd: random.Random, n: int, now: datetime) -> list[tuple[str, bytes, bytes, str]]:
-    """`n` invalid records, of every dead-letter reason and hostile bytes: (topic, key, value, expected reason)."""
-    leads, deals, surveys = settings.topic("leads"), settings.topic("deals"), settings.topic("surveys")
-    at = now.replace(microsecond=0).isoformat()
-    deep = b"[" * 10_000 + b"]" * 10_000
-
-    def new_id() -> str:
-        return f"p{rnd.getrandbits(64)}"
-
-    def lead(**extra: Any) -> bytes:
-        body = {"event_id": new_id(), "type": "lead.created", "occurred_at": at, "lead_id": "l1"}
-        return json.dumps(body | extra).encode()
-
-    def won(amount: bytes, currency: str = "EUR") -> bytes:
-        head = {"event_id": new_id(), "type": "deal.won", "occurred_at": at, "customer_id": "c1", "deal_id": "d1"}
-        return json.dumps(head | {"currency": currency})[:-1].encode() + b', "amount": ' + amount + b"}"
-
-    def survey(score: int) -> bytes:
-        body = {"event_id": new_id(), "type": "survey.submitted", "occurred_at": at, "customer_id": "c1"}
-        return json.dumps(body | {"survey_id": "s1", "kind": "nps", "score": score}).encode()
-
-    kinds: list[tuple[str, Callable[[], bytes], str]] = [
-        (leads, lambda: b"{not json", "invalid_json"),
-        (leads, lambda: b"\xff\xfe invalid UTF-8 " + bytes(rnd.randrange(128, 256) for _ in range(20)), "invalid_json"),
-        (leads, lambda: deep, "invalid_json"),  # 10,000-deep nesting
-        (leads, lambda: lead()[:-1] + b', "x": ' + deep + b"}", "invalid_json"),
-        (deals, lambda: won(b"9" * 5000), "invalid_json"),  # a 5,000-digit number
-        (deals, lambda: won(b"NaN"), "invalid_json"),
-        (deals, lambda: won(b"-Infinity"), "invalid_json"),
-        (leads, lambda: b"\x00" * rnd.randrange(1, 64), "invalid_json"),
-        (leads, lambda: lead().replace(b'"l1"', b'"l\x001"'), "invalid_json"),  # a raw NUL inside a string
-        (leads, lambda: b"", "invalid_json"),
-        (leads, lambda: b"\xef\xbb\xbf" + lead(), "invalid_json"),  # a byte-order mark
-        (leads, lambda: b"[1, 2, 3]", "not_an_object"),
-        (leads, lambda: b'"a string"', "not_an_object"),
-        (leads, lambda: b"null", "not_an_object"),
-        (leads, lambda: lead(event_id=None), "invalid_fields"),
-        (surveys, lambda: survey(11), "invalid_fields"),
-        (deals, lambda: won(b"-5"), "invalid_fields"),
-        (deals, lambda: won(b"5", currency="euro"), "invalid_fields"),
-        (leads, lambda: lead(type="lead.teleported"), "unknown_type"),
-        (deals, lambda: lead(), "wrong_topic"),
-        (leads, lambda: lead(occurred_at="2999-01-01T00:00:00Z"), "future_timestamp"),
-    ]
-    big = min(20, n // 10)  # 200 KB records: a few are enough, each costs 0.2 MB three times over
-    out = [(leads, b"k-big", lead(padding="x" * 200_000), "too_large") for _ in range(big)]
-    for i in range(n - big):
-        topic, make, reason = kinds[i % len(kinds)]
-        out.append((topic, f"k{rnd.randrange(500)}".encode(), make(), reason))
-    rnd.shuffle(out)
-    return out
-
-
 async def _rate(client: aioredis.Redis, prefix: str, ends: dict[TopicPartition, int], timeout: float) -> float:
     """Records/s a worker (started just before) applies: from its first applied record to the last."""
     loop = asyncio.get_running_loop()
@@ -650,7 +597,7 @@ async def test_poison_flood_dead_letters_every_invalid_record_with_its_reason(
     apache_kafka: ApacheKafka, redis_url: str, redis: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
     """Half the records invalid (every reason, hostile bytes): each dead-lettered with its reason, valid ones exact."""
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(10_000, seed=seed, now=now)
@@ -668,11 +615,9 @@ async def test_poison_flood_dead_letters_every_invalid_record_with_its_reason(
     env = stack_env(apache_kafka.bootstrap, redis_url, prefix, topic_partitions="4")
     settings = settings_of(env)
     await create_topics(settings)
-    poison = _poison(settings, rnd, len(published), now)
-    mixed: list[tuple[str, bytes, bytes]] = messages(env, published)
-    for topic, key, value, _ in poison:  # valid records keep their order; poison lands anywhere
-        mixed.insert(rnd.randrange(len(mixed) + 1), (topic, key, value))
-    ends = await produce(apache_kafka.bootstrap, mixed)
+    poison = hostile_records(settings.topic, rnd, len(published), now)
+    # The valid records keep their order; the invalid ones land anywhere among them.
+    ends = await produce(apache_kafka.bootstrap, interleave(messages(env, published), poison, rnd))
     log = tmp_path / "worker.log"
     worker = WorkerProcess(env, "worker", log).start()
     try:
@@ -736,7 +681,7 @@ async def test_network_cut_to_the_broker_pauses_the_worker_and_loses_nothing(
 ) -> None:
     """The worker reaches the broker through a proxy; the proxy drops every connection for 15 s mid-stream."""
     kafka, proxy = proxied_kafka
-    seed = seed_of(random.SystemRandom().randrange(1 << 30))
+    seed = seed_of()
     rnd = random.Random(seed)
     now = datetime.now(UTC)
     events, published = make_stream(30_000, seed=seed, now=now)

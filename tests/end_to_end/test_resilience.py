@@ -9,7 +9,6 @@ none missing and none extra; the worker's counters must have counted each event 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,11 +19,22 @@ import pytest
 import redis.asyncio as aioredis
 
 from bench.reference_catalog import expected, make_stream, operational
-from schemas import TOPIC_FAMILY
 from stream.devtools.servers import EmbeddedServer, start_redis
 from stream.kafka.topics import create_topics
 from stream.settings import load_settings
-from tests.support.harness import WorkerProcess, applied, produce, read_topic, scrape, settings_of, stack_env, wait_for
+from tests.support.harness import (
+    WorkerProcess,
+    applied,
+    applied_at_least,
+    exporter_figures,
+    messages,
+    produce,
+    read_topic,
+    scrape,
+    settings_of,
+    stack_env,
+    wait_for,
+)
 from tests.support.series import assert_series_match, kpi_series
 
 pytestmark = pytest.mark.slow
@@ -40,46 +50,12 @@ def _env(kafka: str, redis_url: str, prefix: str) -> dict[str, str]:
 
 
 async def _publish(env: dict[str, str], events: list[dict[str, Any]]) -> dict[Any, int]:
-    settings = settings_of(env)
-    await create_topics(settings)
-    return await produce(
-        env["CRM_KPI_KAFKA_BOOTSTRAP_SERVERS"],
-        [
-            (
-                settings.topic(TOPIC_FAMILY[e["type"]]),
-                str(e.get("customer_id", e["event_id"])).encode(),
-                json.dumps(e).encode(),
-            )
-            for e in events
-        ],
-    )
-
-
-async def _progress(client: aioredis.Redis, prefix: str) -> int:
-    raw = await client.hgetall("{" + prefix + "}:offsets")
-    return sum(int(v) for v in raw.values())
-
-
-async def _at_least(client: aioredis.Redis, prefix: str, n: float) -> bool:
-    return await _progress(client, prefix) >= n
+    await create_topics(settings_of(env))
+    return await produce(env["CRM_KPI_KAFKA_BOOTSTRAP_SERVERS"], messages(env, events))
 
 
 async def _final_figures(env: dict[str, str], tmp_path: Path) -> dict[Any, float]:
-    exporter = WorkerProcess(env, "exporter", tmp_path / "exporter.log").start()
-    url = f"http://127.0.0.1:{env['CRM_KPI_EXPORTER_PORT']}/metrics"
-    try:
-
-        async def up() -> bool:
-            try:
-                scrape(url)
-                return True
-            except OSError:
-                return False
-
-        await wait_for(up, 30, "the exporter")
-        return kpi_series(scrape(url))
-    finally:
-        exporter.stop()
+    return kpi_series(await exporter_figures(env, tmp_path / "exporter.log"))
 
 
 def _check(got: dict[Any, float], events: list[dict[str, Any]], now: datetime) -> None:
@@ -116,7 +92,7 @@ async def test_kill_9_mid_stream_counts_every_event_once(
     log = tmp_path / "worker.log"
     for fraction in (0.25, 0.6):
         worker = WorkerProcess(env, "worker", log).start()
-        await wait_for(lambda f=fraction: _at_least(redis, prefix, f * total), 120, f"{fraction:.0%} applied")
+        await wait_for(lambda f=fraction: applied_at_least(redis, prefix, f * total), 120, f"{fraction:.0%} applied")
         worker.kill()
     worker = WorkerProcess(env, "worker", log).start()
     try:
@@ -145,7 +121,7 @@ async def test_redis_outage_pauses_and_loses_nothing(
     worker = WorkerProcess(env, "worker", tmp_path / "worker.log").start()
     worker_url = f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
     try:
-        await wait_for(lambda: _at_least(client, prefix, 0.2 * sum(first.values())), 120, "20% applied")
+        await wait_for(lambda: applied_at_least(client, prefix, 0.2 * sum(first.values())), 120, "20% applied")
         durable_redis.kill()
         # The rest of the stream arrives during the outage: the worker must hold it, not drop it.
         ends = {**first, **await _publish(env, published[half:])}

@@ -15,7 +15,16 @@ import redis.asyncio as aioredis
 from stream.build_info import VERSION
 from stream.devtools.servers import free_port, start_redis
 from stream.kafka.topics import create_topics
-from tests.support.harness import WorkerProcess, applied, produce, scrape, settings_of, stack_env, wait_for
+from tests.support.harness import (
+    WorkerProcess,
+    applied,
+    produce,
+    scrape,
+    scrape_when_up,
+    settings_of,
+    stack_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -80,16 +89,7 @@ async def test_worker_exports_committed_offsets_and_newest_event_times_per_parti
     worker = WorkerProcess(env, "worker", tmp_path / "worker.log").start()
     url = f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
     try:
-
-        async def up() -> bool:
-            try:
-                scrape(url)
-                return True
-            except OSError:
-                return False
-
-        await wait_for(up, 60, "the worker's /metrics")
-        before = scrape(url)
+        before = await scrape_when_up(url, 60, "the worker's /metrics")
         names = {name for name, _ in before}
         # Before any event: no lag figure that would read 0, no per-partition series.
         assert not names & {
@@ -143,17 +143,7 @@ async def test_exporter_counts_failed_scrapes_and_says_its_version(tmp_path: Pat
     exporter = WorkerProcess(env, "exporter", tmp_path / "exporter.log").start()
     url = f"http://127.0.0.1:{env['CRM_KPI_EXPORTER_PORT']}/metrics"
     try:
-        first: dict[Any, float] = {}
-
-        async def served() -> bool:
-            nonlocal first
-            try:
-                first = scrape(url)
-                return True
-            except OSError:
-                return False
-
-        await wait_for(served, 30, "the exporter")
+        first = await scrape_when_up(url, 30, "the exporter")
         second = scrape(url)
         key = ("crm_exporter_scrape_errors_total", ())
         assert first[key] >= 1 and second[key] == first[key] + 1

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from bench.reference_catalog import DAY, edge_free
 from schemas import EVENT_TYPES, TOPIC_FAMILY
+from stream.events.decode import REASONS
 
 __all__ = ["AGES", "BAD_REASONS", "HEADROOM_S", "Action", "actions", "build", "customer_of", "topic_family"]
 
@@ -62,15 +63,7 @@ _ENTITY = {
     "marketing.spend": ("campaign_id", "M"),
     "activity.logged": ("user_id", "U"),
 }
-BAD_REASONS = (
-    "invalid_json",
-    "not_an_object",
-    "too_large",
-    "invalid_fields",
-    "unknown_type",
-    "wrong_topic",
-    "future_timestamp",
-)
+BAD_REASONS: tuple[str, ...] = REASONS  # a bad record of every reason the worker dead-letters
 
 
 @dataclass(frozen=True)

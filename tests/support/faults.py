@@ -1,83 +1,22 @@
-"""Helpers of the fault suite (tests/end_to_end/test_faults.py): seeds, streams, figures, a TCP proxy."""
+"""Helpers of the fault suite (tests/end_to_end/test_faults.py): metrics, logs, the CLI, a TCP proxy, pacing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas import TOPIC_FAMILY
-from tests.support.harness import ROOT, WorkerProcess, scrape, settings_of, wait_for
-
-Message = tuple[str, bytes, bytes]
-Scraped = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def seed_of(default: int) -> int:
-    """CRM_KPI_TEST_SEED, else `default`; printed, so a failure's report shows how to rerun it."""
-    seed = int(os.environ.get("CRM_KPI_TEST_SEED") or default)
-    print(f"seed={seed} (rerun with CRM_KPI_TEST_SEED={seed})")
-    return seed
-
-
-def messages(env: Mapping[str, str], events: Iterable[dict[str, Any]]) -> list[Message]:
-    """(topic, key, value) per event, keyed by customer as the product's publisher does."""
-    settings = settings_of(env)
-    return [
-        (
-            settings.topic(TOPIC_FAMILY[e["type"]]),
-            str(e.get("customer_id", e["event_id"])).encode(),
-            json.dumps(e).encode(),
-        )
-        for e in events
-    ]
-
-
-async def progress(client: aioredis.Redis, prefix: str) -> int:
-    """Records applied so far, summed over partitions (the offsets Redis holds)."""
-    import redis.exceptions
-
-    try:
-        raw = await client.hgetall("{" + prefix + "}:offsets")
-    except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
-        return -1
-    return sum(int(v) for v in raw.values())
-
-
-async def applied_at_least(client: aioredis.Redis, prefix: str, n: float) -> bool:
-    return await progress(client, prefix) >= n
-
-
-async def exporter_figures(env: Mapping[str, str], log: Path) -> Scraped:
-    """Start `crm-kpi exporter`, scrape it once it serves, stop it."""
-    exporter = WorkerProcess(env, "exporter", log).start()
-    url = f"http://127.0.0.1:{env['CRM_KPI_EXPORTER_PORT']}/metrics"
-    try:
-
-        async def up() -> bool:
-            try:
-                scrape(url)
-                return True
-            except OSError:
-                return False
-
-        await wait_for(up, 30, "the exporter to serve /metrics")
-        return scrape(url)
-    finally:
-        exporter.stop()
+from tests.support.harness import ROOT, Scraped, scrape
 
 
 def worker_metrics(env: Mapping[str, str]) -> Scraped:
@@ -98,23 +37,6 @@ def log_lines(path: Path, pattern: str, level: str = "ERROR") -> list[str]:
         return []
     rx = re.compile(pattern)
     return [line for line in path.read_text(errors="replace").splitlines() if f"[{level}]" in line and rx.search(line)]
-
-
-async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
-    """The end offset of every partition of `topics` (empty ones included)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(list(topics))
-    finally:
-        await admin.close()
-    tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
 
 
 async def read_all(bootstrap: str, ends: Mapping[TopicPartition, int], timeout: float = 60) -> list[Any]:

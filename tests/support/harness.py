@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -16,11 +17,24 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.devtools.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
+
+Scraped = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""A /metrics page: {(sample name, sorted labels): value}."""
+
+
+def seed_of(default: int | None = None) -> int:
+    """CRM_KPI_TEST_SEED, else `default` (None: a random one); printed, so a failure shows how to rerun it."""
+    if default is None:
+        default = random.SystemRandom().randrange(1 << 30)
+    seed = int(os.environ.get("CRM_KPI_TEST_SEED") or default)
+    print(f"seed={seed} (rerun with CRM_KPI_TEST_SEED={seed})")
+    return seed
 
 
 def required_tool(name: str, debian_package: str) -> str:
@@ -109,15 +123,48 @@ class WorkerProcess:
         return stop(self.proc, timeout)
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(url: str) -> Scraped:
     """Fetch a /metrics page: {(sample name, sorted labels): value}."""
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    out: Scraped = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+async def scrape_when_up(url: str, timeout: float, what: str) -> Scraped:
+    """Scrape `url` as soon as it answers (a process starting up); fail with `what` after `timeout` s."""
+    scraped: Scraped = {}
+
+    async def up() -> bool:
+        nonlocal scraped
+        try:
+            scraped = scrape(url)
+            return True
+        except OSError:
+            return False
+
+    await wait_for(up, timeout, what)
+    return scraped
+
+
+async def exporter_figures(env: Mapping[str, str], log: Path) -> Scraped:
+    """Start `crm-kpi exporter`, scrape it once it serves, stop it."""
+    exporter = WorkerProcess(env, "exporter", log).start()
+    try:
+        url = f"http://127.0.0.1:{env['CRM_KPI_EXPORTER_PORT']}/metrics"
+        return await scrape_when_up(url, 30, "the exporter to serve /metrics")
+    finally:
+        exporter.stop()
+
+
+def messages(env: Mapping[str, str], events: Iterable[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) per event on the topics of `env`, keyed as the product's publisher does."""
+    from bench.run import messages as on_topics
+
+    return on_topics(settings_of(env), events)
 
 
 async def produce(
@@ -153,6 +200,40 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
     finally:
         await consumer.stop()
     return records
+
+
+async def end_offsets(bootstrap: str, topics: Iterable[str], empty: bool = True) -> dict[TopicPartition, int]:
+    """The end offset of every partition of `topics` as the broker reports it (`empty`: also those at 0)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {tp: end for tp, end in ends.items() if empty or end > 0}
+
+
+async def progress(client: Any, prefix: str) -> int:
+    """Records applied so far, summed over partitions (the offsets Redis holds); -1 while Redis is down."""
+    import redis.exceptions
+
+    try:
+        raw = await client.hgetall("{" + prefix + "}:offsets")
+    except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
+        return -1
+    return sum(int(v) for v in raw.values())
+
+
+async def applied_at_least(client: Any, prefix: str, n: float) -> bool:
+    """True once Redis records at least `n` records applied."""
+    return await progress(client, prefix) >= n
 
 
 async def applied(client: Any, prefix: str, ends: Mapping[TopicPartition, int]) -> bool:

@@ -149,15 +149,21 @@ async def replay_world(
     first_step_s = end_s - 60 * minutes
     pending: list[dict[str, Any]] = []
     step = 0
+
+    async def next_minute() -> None:
+        """Apply what arrived during the minute before this step, then scrape."""
+        nonlocal pending, step
+        now_s = first_step_s + 60 * step
+        if pending:
+            await replay.apply(pending, now_s)
+            pending = []
+        scrapes.record(replay, now_s, step)
+        step += 1
+
     for event in events:
         at = datetime.fromisoformat(event["occurred_at"]).timestamp()
         while at > first_step_s + 60 * step and step <= minutes:
-            now_s = first_step_s + 60 * step
-            if pending:
-                await replay.apply(pending, now_s)
-                pending = []
-            scrapes.record(replay, now_s, step)
-            step += 1
+            await next_minute()
         if step > minutes:
             break
         pending.append(event)
@@ -165,10 +171,5 @@ async def replay_world(
             await replay.apply(pending, first_step_s)
             pending = []
     while step <= minutes:
-        now_s = first_step_s + 60 * step
-        if pending:
-            await replay.apply(pending, now_s)
-            pending = []
-        scrapes.record(replay, now_s, step)
-        step += 1
+        await next_minute()
     return scrapes

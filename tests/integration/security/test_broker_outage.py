@@ -6,7 +6,6 @@ A private Apache Kafka (it is killed) and a plain Redis; the worker's log is cou
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,20 +15,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from bench.reference import assert_matches, expected, make_stream
-from schemas import TOPIC_FAMILY
 from stream.kafka.topics import create_topics
 from tests.support.apache_kafka import ApacheKafka
-from tests.support.harness import WorkerProcess, applied, produce, scrape, settings_of, stack_env, wait_for
+from tests.support.harness import (
+    WorkerProcess,
+    applied,
+    messages,
+    produce,
+    scrape,
+    settings_of,
+    stack_env,
+    wait_for,
+)
 
 OUTAGE_S = 20
-
-
-def _messages(prefix: str, events: list[dict[str, object]]) -> list[tuple[str, bytes, bytes]]:
-    out = []
-    for e in events:
-        topic = f"{prefix}.{TOPIC_FAMILY[str(e['type'])]}"
-        out.append((topic, str(e.get("customer_id", e["event_id"])).encode(), json.dumps(e).encode()))
-    return out
 
 
 def _lines(log: Path) -> list[str]:
@@ -51,7 +50,7 @@ async def test_broker_outage_is_logged_once_and_sigterm_stops_in_time(
     worker = WorkerProcess(env, "worker", log).start()
     metrics = f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
     try:
-        ends = await produce(kafka.bootstrap, _messages(prefix, published[:third]))
+        ends = await produce(kafka.bootstrap, messages(env, published[:third]))
         await wait_for(lambda: applied(redis, prefix, ends), 90, "the first third applied")
         before = len(_lines(log))
 
@@ -74,7 +73,7 @@ async def test_broker_outage_is_logged_once_and_sigterm_stops_in_time(
 
         await wait_for(kafka_back, 60, "the worker to see the broker back")
         assert any("Kafka is usable again" in line for line in _lines(log)), "\n".join(_lines(log)[before:])
-        more = await produce(kafka.bootstrap, _messages(prefix, published[third : 2 * third]))
+        more = await produce(kafka.bootstrap, messages(env, published[third : 2 * third]))
         ends = {tp: max(ends.get(tp, 0), end) for tp, end in {**ends, **more}.items()}
         await wait_for(lambda: applied(redis, prefix, ends), 90, "the second third applied after the outage")
 
@@ -91,7 +90,7 @@ async def test_broker_outage_is_logged_once_and_sigterm_stops_in_time(
 
     # Nothing lost: the broker back, the last third published, a new worker applies everything exactly.
     await asyncio.to_thread(kafka.start)
-    rest = await produce(kafka.bootstrap, _messages(prefix, published[2 * third :]))
+    rest = await produce(kafka.bootstrap, messages(env, published[2 * third :]))
     ends = {tp: max(ends.get(tp, 0), end) for tp, end in {**ends, **rest}.items()}
     second = WorkerProcess(env, "worker", tmp_path / "worker2.log").start()
     exporter = WorkerProcess(env, "exporter", tmp_path / "exporter.log").start()

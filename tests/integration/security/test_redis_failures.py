@@ -17,12 +17,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from bench.reference import assert_matches, expected, make_stream
-from schemas import TOPIC_FAMILY
 from stream.devtools.servers import free_port
 from stream.kafka.topics import create_topics
 from tests.integration.security.conftest import WebFiles, fetch, scrape_secure
 from tests.support.cli import crm_kpi, one_line
-from tests.support.harness import WorkerProcess, applied, produce, settings_of, wait_for
+from tests.support.harness import WorkerProcess, applied, messages, produce, settings_of, wait_for
 from tests.support.pki import Authority
 from tests.support.secure_kafka import SecureKafka
 from tests.support.secure_redis import ADMIN_PASSWORD, SecureRedis
@@ -114,14 +113,6 @@ def _env(kafka: SecureKafka, redis_server: SecureRedis, web: WebFiles, prefix: s
     }
 
 
-def _messages(prefix: str, events: list[dict[str, object]]) -> list[tuple[str, bytes, bytes]]:
-    out = []
-    for e in events:
-        topic = f"{prefix}.{TOPIC_FAMILY[str(e['type'])]}"
-        out.append((topic, str(e.get("customer_id", e["event_id"])).encode(), json.dumps(e).encode()))
-    return out
-
-
 @pytest.mark.slow
 async def test_a_missing_redis_right_is_not_retried_as_an_outage(
     secure_kafka: SecureKafka, secure_redis: SecureRedis, web_files: WebFiles, prefix: str, tmp_path: Path
@@ -137,7 +128,7 @@ async def test_a_missing_redis_right_is_not_retried_as_an_outage(
     await create_topics(settings_of(env))
     now = datetime.now(UTC).replace(microsecond=0)
     events, published = make_stream(300, seed=5, now=now)
-    ends = await produce(secure_kafka.bootstrap, _messages(prefix, published))
+    ends = await produce(secure_kafka.bootstrap, messages(env, published))
     log = tmp_path / "worker.log"
     worker = WorkerProcess(env, "worker", log).start()
     url = f"https://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
@@ -195,11 +186,11 @@ async def test_redis_frozen_pauses_the_worker_and_the_exporter_answers_within_a_
     admin = aioredis.Redis(host="127.0.0.1", port=secure_redis.port, password=ADMIN_PASSWORD)
     frozen = False
     try:
-        ends = await produce(secure_kafka.bootstrap, _messages(prefix, published[:half]))
+        ends = await produce(secure_kafka.bootstrap, messages(env, published[:half]))
         await wait_for(lambda: applied(admin, prefix, ends), 60, "the first half applied")
         secure_redis.freeze()
         frozen = True
-        more = await produce(secure_kafka.bootstrap, _messages(prefix, published[half:]))
+        more = await produce(secure_kafka.bootstrap, messages(env, published[half:]))
         slowest, scrapes = 0.0, 0
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

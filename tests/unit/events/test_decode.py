@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+from pydantic import ValidationError
+
 from schemas import event_adapter
 from stream.events.decode import Rejection, decode
 
@@ -47,3 +50,23 @@ def test_a_currency_outside_iso_4217_is_dead_lettered() -> None:
         out = _decode({**won, "currency": code})
         assert isinstance(out, Rejection) and out.reason == "invalid_fields", code
         assert out.detail.startswith("currency: ") and "ISO 4217" in out.detail
+
+
+def test_a_refused_event_has_the_union_validators_first_error() -> None:
+    # decode keeps the guessed model's errors when that model accepted `type` (the union,
+    # which picks its model by `type`, would refuse the same way): the detail must not change.
+    cases = [
+        {**BASE, "type": "deal.won", "amount": -5, "currency": "EUR"},
+        {**BASE, "type": "deal.won", "amount": 5, "currency": "euro"},
+        {**BASE, "type": "deal.lost", "deal_id": None},
+        {**BASE, "type": "deal.lost", "occurred_at": "yesterday"},
+        {"type": "deal.lost"},
+        {"meta": {"type": "deal.won"}, **BASE, "type": "deal.lost", "deal_id": 7},  # a wrong guess first
+    ]
+    for case in cases:
+        raw = json.dumps(case).encode()
+        with pytest.raises(ValidationError) as refused:
+            event_adapter.validate_json(raw)
+        first = refused.value.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
+        assert _decode(case) == Rejection("invalid_fields", f"{where}: {first['msg']}"[:200]), case
