@@ -80,7 +80,10 @@ class FoldMemo:
     fold results are identical with or without a memo. A memo belongs to one
     FoldContext's settings (contributions depend on the SLAs and KPI settings).
     Bounded to `limit` entities: the least recently written leave first, so the
-    busy entities (a large customer's churn-risk items) stay.
+    busy entities (a large customer's churn-risk items) stay. `fold` takes the
+    entries of the entities a batch changes out of the memo and updates their
+    states in place (no copy); `remember` puts them back once Redis accepted the
+    write, so after a refused write they are decoded afresh.
     """
 
     def __init__(self, limit: int = 20_000) -> None:
@@ -262,11 +265,17 @@ def fold(
                 hit = remembered.get(key)
                 known: Contribution | None
                 if hit is not None and hit[0] == raw:
+                    # The batch takes the memo's state and absorbs into it, no copy: what it
+                    # contributed is known, so the old state is not needed again. The entry
+                    # leaves the memo until Redis accepts the write (`remember` puts the new
+                    # state back), so a refused write leaves no state holding this batch.
+                    del remembered[key]
                     old, known = hit[1], hit[2]
+                    new = old
                 else:
                     old = kind.decode(raw)
                     known = _NOTHING if raw is None else None  # an entity new to Redis contributed nothing
-                new = old.copy()
+                    new = old.copy()  # `old` still has to say what it contributed
                 new.absorb(ev, t_us)
                 touched[key] = [old, new, entity_id, known]
     delta.late = late
@@ -278,6 +287,9 @@ def fold(
         stored = states.get(key)
         new_raw = new.encode()
         if new_raw == (stored if stored is not None else _empty_encoding(type(new))):
+            if old is new and stored is not None and known is not None:
+                # Taken from the memo and unchanged: still exactly the state `stored` encodes.
+                remembered[key] = (stored, new, known)
             continue
         delta.entity_writes[key] = (stored, new_raw)
         if new.persistent():

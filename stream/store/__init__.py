@@ -6,11 +6,12 @@ every key and counter name they touch as arguments.
 
 from stream.store.keys import Keys
 from stream.store.reader import ReadCache, Snapshot, read_at_risk, read_snapshot
-from stream.store.writer import ApplyOutcome, AsyncStore, LogMark, event_digest
+from stream.store.writer import ApplyOutcome, AsyncStore, BatchRead, LogMark, event_digest
 
 __all__ = [
     "ApplyOutcome",
     "AsyncStore",
+    "BatchRead",
     "Keys",
     "LogMark",
     "ReadCache",

@@ -1,12 +1,13 @@
 """The worker's side of Redis: the batch read and the atomic batch write.
 
-Each partition group of a batch (the records of one Kafka partition number, whose
-keys share one hash tag: `stream.store.keys`) costs two round trips whatever its
-size: one read of entity states (`lua/states.lua`) and one Lua call
-(`lua/apply.lua`) that checks the offset fence, the dedupe sets and the entity
-states read, then writes the whole delta. The groups of a batch are written
-concurrently, each atomically; atomic per group is what the fence needs, since
-offsets are per partition.
+Each partition group of a batch (the records of the Kafka partitions whose keys share
+one hash tag: `stream.store.keys`) costs two round trips whatever its size: one read
+(`lua/states.lua`) of the entity states and of which event-id digests are already
+recorded, so the fold leaves redeliveries out; and one Lua call (`lua/apply.lua`) that
+checks the offset fence, the dedupe sets (again: an id recorded since the read is
+refused) and the entity states read, then writes the whole delta. The groups of a
+batch are written concurrently, each atomically; atomic per group is what the fence
+needs, since offsets are per partition.
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ from stream.kpis import UNPRUNED_SORTED_SETS
 from stream.store.connection import AsyncClient
 from stream.store.keys import BUCKET_TOKEN_FIELD, Keys
 
-__all__ = ["ApplyOutcome", "AsyncStore", "LogMark", "as_text", "dedupe_slots", "event_digest", "lua_script"]
+__all__ = [
+    "ApplyOutcome",
+    "AsyncStore",
+    "BatchRead",
+    "LogMark",
+    "as_text",
+    "dedupe_slots",
+    "event_digest",
+    "lua_script",
+]
 
 # The dedupe horizon is cut into this many processing-time slots: memory is
 # bounded by horizon × (1 + 1/SLOTS) of event ids.
@@ -49,7 +59,14 @@ def event_digest(event_id: str) -> bytes:
 
 
 def dedupe_slots(now_s: float, horizon_s: float) -> tuple[int, list[int], int]:
-    """(slot to add to, live slots to check, expiry of the current slot in unix s)."""
+    """(slot to add to, live slots to check, expiry of the current slot in unix s).
+
+    Slots are `horizon_s / 8` wide in processing time (unix s). A slot is live while any of
+    it lies within `horizon_s` of `now_s`, and its key expires exactly when it stops being
+    live, so a digest is checked for between `horizon_s` and `horizon_s × 9/8` after it was
+    recorded. The batch read (`AsyncStore.read_batch`) and the atomic write both check the
+    slots this returns.
+    """
     width = horizon_s / _DEDUPE_SLOTS
     current = math.floor(now_s / width)
     first = math.floor((now_s - horizon_s) / width)
@@ -63,6 +80,16 @@ class ApplyOutcome:
     ok: bool
     conflict: str = ""  # 'offset' | 'gap' | 'duplicate' | 'entity'
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class BatchRead:
+    """What one batch's read before its fold returned (`AsyncStore.read_batch`)."""
+
+    states: dict[str, str | None]
+    """Raw state per entity key asked for; None when Redis holds none."""
+    recorded: frozenset[int]
+    """0-based indexes, into the digests asked about, of those already recorded in a live dedupe slot."""
 
 
 @dataclass(frozen=True)
@@ -200,18 +227,34 @@ class AsyncStore:
         return out
 
     async def read_states(self, group: int, entity_keys: Sequence[str]) -> dict[str, str | None]:
-        """The raw states of these entities of partition group `group` (None when absent); no round trip for none.
+        """The raw states of these entities of partition group `group` (None when absent); no round trip for none."""
+        return (await self.read_batch(group, entity_keys, (), time.time())).states
 
-        One script call with the keys as one JSON argument (lua/states.lua), not an
-        MGET with one argument per key: packing those cost ~1 µs a key in the client.
+    async def read_batch(
+        self, group: int, entity_keys: Sequence[str], digests: Sequence[bytes], now_s: float
+    ) -> BatchRead:
+        """One partition group's read before its fold: entity states, and which digests are already recorded.
+
+        `digests` are 16-byte `event_digest`s; `now_s` (unix s) picks the live dedupe slots
+        exactly as `apply` does, so a digest reported here is one `apply` would refuse (unless
+        its slot expires in between: it is still a repeat within the horizon). A digest
+        recorded after this read is still refused by `apply`. No round trip when both are
+        empty. One script call (lua/states.lua) with the keys as one JSON argument and the
+        digests as one blob, not an MGET with one argument per key: packing those cost
+        ~1 µs a key in the client.
         """
-        if not entity_keys:
-            return {}
-        values = cast(
-            list[bytes | None],
-            await self._states(keys=[self.keys.group(group).offsets], args=[orjson.dumps(list(entity_keys))]),
+        if not entity_keys and not digests:
+            return BatchRead({}, frozenset())
+        keys = self.keys.group(group)
+        args: list[Any] = [orjson.dumps(list(entity_keys)), b"".join(digests)]
+        if digests:
+            _, slots, _ = dedupe_slots(now_s, self.dedupe_horizon_s)
+            args += [keys.dedupe(s) for s in slots]
+        values, recorded = cast(
+            tuple[list[bytes | None], list[int]], await self._states(keys=[keys.offsets], args=args)
         )
-        return {k: (v.decode() if v is not None else None) for k, v in zip(entity_keys, values, strict=True)}
+        states = {k: (v.decode() if v is not None else None) for k, v in zip(entity_keys, values, strict=True)}
+        return BatchRead(states, frozenset(i - 1 for i in recorded))
 
     async def apply(
         self,
@@ -264,8 +307,7 @@ class AsyncStore:
         # Entities holding open "current" figures (an unpaid invoice, an open deal, a
         # backlog ticket) outlive the TTL, or their closing event could not retract them.
         entities = [
-            [key, old or "", new, 0 if key in persistent else ttl_ms]
-            for key, (old, new) in delta.entity_writes.items()
+            [key, old or "", new, 0 if key in persistent else ttl_ms] for key, (old, new) in delta.entity_writes.items()
         ]
         buckets = [
             [keys.bucket(label, bucket), delta.expire_at[(label, bucket)], _exact(fields)]

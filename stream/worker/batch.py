@@ -29,7 +29,7 @@ from stream.events.windows import Window
 from stream.kafka.logs import Fingerprint
 from stream.kpis import fold_rules
 from stream.settings import Settings
-from stream.store import AsyncStore, Keys, LogMark, event_digest
+from stream.store import AsyncStore, BatchRead, Keys, LogMark, event_digest
 from stream.store.connection import describe_redis_error
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
@@ -245,15 +245,15 @@ class BatchProcessor:
             group,
         )
 
-    async def read_all_states(self, parts: Sequence[Prepared]) -> list[dict[str, str | None]]:
-        """Each group's entity states, read concurrently (one script call per group)."""
-        return list(await asyncio.gather(*(self.read_states(p) for p in parts)))
+    async def read_all(self, parts: Sequence[Prepared]) -> list[BatchRead]:
+        """Each group's read before its fold (`read_batch`), concurrently (one script call per group)."""
+        return list(await asyncio.gather(*(self.read_batch(p) for p in parts)))
 
     async def apply_all(
         self,
         parts: Sequence[Prepared],
         expected: Mapping[str, int],
-        states: Sequence[Mapping[str, str | None] | None] | None = None,
+        reads: Sequence[BatchRead | None] | None = None,
     ) -> dict[str, int]:
         """Apply every group of a batch, concurrently, each in its own atomic write.
 
@@ -262,7 +262,7 @@ class BatchProcessor:
         applied by the resync, which reads every offset from Redis).
         """
         results = await asyncio.gather(
-            *(self.apply(p, expected, states[j] if states is not None else None) for j, p in enumerate(parts)),
+            *(self.apply(p, expected, reads[j] if reads is not None else None) for j, p in enumerate(parts)),
             return_exceptions=True,
         )
         applied: dict[str, int] = {}
@@ -301,14 +301,13 @@ class BatchProcessor:
         if prep.dead_lettered is not None:
             prep.dead_lettered.cancel()
 
-    async def apply(
-        self, prep: Prepared, expected: Mapping[str, int], states: Mapping[str, str | None] | None = None
-    ) -> dict[str, int]:
-        """The I/O half: dead letters, then one atomic Redis write (plus a read of entity states).
+    async def apply(self, prep: Prepared, expected: Mapping[str, int], read: BatchRead | None = None) -> dict[str, int]:
+        """The I/O half: dead letters, then one atomic Redis write (plus the batch's read).
 
         The offset fence is each partition's `expected` value at this moment, so a
         batch prepared while the previous one was in flight fences correctly.
-        `states` may carry the entity states the caller already read for this batch.
+        `read` may carry what the caller already read for this batch (`read_batch`):
+        the entity states and which of `prep.digests` are already recorded.
         """
         started = time.perf_counter()
         if not prep.ranges:
@@ -324,15 +323,20 @@ class BatchProcessor:
             assert prep.dead_lettered is not None
             await prep.dead_lettered
 
-        # Optimistic: most duplicates are caught in-batch above; the atomic write
-        # checks the dedupe sets and refuses the batch naming any id already
-        # recorded, and only then does the batch pay a second round trip.
+        # Repeats inside the batch were dropped by prepare; repeats of earlier batches
+        # (redeliveries, another worker's copy) are answered by the read before the fold
+        # and left out of it. The atomic write still checks the dedupe sets and refuses a
+        # batch naming any id recorded since that read (another worker, after a
+        # rebalance): then the batch drops them, reads again and folds again.
         earlier_dups = 0
         while True:
             now_s = time.time()
-            if states is None:
-                states = await self.read_states(prep)
-            delta = fold(unique, states, self._context(now_s, prep.group), self._memo)
+            if read is None:
+                read = await self._read(prep.group, prep.entity_keys, digests, now_s)
+            if read.recorded:
+                earlier_dups += len(read.recorded)
+                unique, digests = _without(read.recorded, unique, digests)
+            delta = fold(unique, read.states, self._context(now_s, prep.group), self._memo)
             outcome = await self._retry(
                 lambda d=delta, f=digests, t=now_s: self.store.apply(prep.group, d, offsets, f, t, firsts, marks),
                 "redis write",
@@ -340,17 +344,16 @@ class BatchProcessor:
             if outcome.ok:
                 self._memo.remember(delta)
                 break
-            states = None
+            read = None
             self.metrics.conflicts.labels(outcome.conflict).inc()
             if outcome.conflict in ("offset", "gap"):
                 field, stored, *first = outcome.detail.split(" ")
                 held = int(stored)
                 raise OffsetConflict(field, held if held >= 0 else None, int(first[0]) if first else None)
             if outcome.conflict == "duplicate":
-                drop = {int(i) - 1 for i in outcome.detail.split()}
+                drop = frozenset(int(i) - 1 for i in outcome.detail.split())
                 earlier_dups += len(drop)
-                unique = [x for j, x in enumerate(unique) if j not in drop]
-                digests = [d for j, d in enumerate(digests) if j not in drop]
+                unique, digests = _without(drop, unique, digests)
             # else another worker changed one of these entities since we read: read again.
 
         m = self.metrics
@@ -370,10 +373,16 @@ class BatchProcessor:
     def _context(self, now_s: float, group: int) -> FoldContext:
         return FoldContext(now_s, self.windows, self._rules, self.keys.group(group).entity_prefix)
 
-    async def read_states(self, prep: Prepared) -> dict[str, str | None]:
-        """The current Redis states of the entities the batch touches (retried through outages)."""
-        keys, group = prep.entity_keys, prep.group
-        result: dict[str, str | None] = await self._retry(lambda: self.store.read_states(group, keys), "redis read")
+    async def read_batch(self, prep: Prepared) -> BatchRead:
+        """The entity states one group of the batch touches and which of its digests Redis already recorded.
+
+        Retried through outages. Read after the previous batch was acknowledged, so its
+        digests are among those recorded.
+        """
+        return await self._read(prep.group, prep.entity_keys, prep.digests, time.time())
+
+    async def _read(self, group: int, keys: list[str], digests: list[bytes], now_s: float) -> BatchRead:
+        result: BatchRead = await self._retry(lambda: self.store.read_batch(group, keys, digests, now_s), "redis read")
         return result
 
     async def load_offsets(self, fields: list[str]) -> dict[str, int]:
@@ -390,9 +399,7 @@ class BatchProcessor:
         """Add the partition groups to the readers' registry (retried through outages)."""
         await self._retry(lambda: self.store.register(groups), "register partition groups")
 
-    async def anchor(
-        self, field: str, expected: int | None, new: int, lost: int = 0
-    ) -> tuple[bool, int | None]:
+    async def anchor(self, field: str, expected: int | None, new: int, lost: int = 0) -> tuple[bool, int | None]:
         """Compare-and-set one partition's applied offset (retried through outages); see AsyncStore.anchor."""
         result: tuple[bool, int | None] = await self._retry(
             lambda: self.store.anchor(field, expected, new, None, lost), "re-anchor offset"
@@ -470,6 +477,14 @@ def _is_closed_transport(exc: RuntimeError) -> bool:
     """The event loop refusing a write on a transport the client closed (uvloop and asyncio say it so)."""
     text = str(exc)
     return "handler is closed" in text or "closed=True" in text or "Transport is closed" in text
+
+
+def _without(
+    drop: frozenset[int], unique: list[tuple[Any, int]], digests: list[bytes]
+) -> tuple[list[tuple[Any, int]], list[bytes]]:
+    """`unique` and `digests` (parallel lists) without the 0-based positions in `drop`."""
+    keep = [j for j in range(len(digests)) if j not in drop]
+    return [unique[j] for j in keep], [digests[j] for j in keep]
 
 
 def _is_kafka_transient(exc: Exception) -> bool:

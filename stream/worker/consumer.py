@@ -272,7 +272,8 @@ class BatchConsumer(Service):
         """Fetch one batch, prepare it, wait for the previous one, and send this one's write."""
         # Two batches in flight: while Redis runs batch N's atomic write, this
         # step fetches and decodes batch N+1. Batch N+1 reads entity states and
-        # fences offsets only after N is acknowledged, so exactness is unchanged.
+        # recorded digests, and fences offsets, only after N is acknowledged, so
+        # exactness is unchanged and N's ids are among those N+1 leaves out.
         assert self._consumer is not None and self._processor is not None
         consumer, processor = self._consumer, self._processor
         generation = self._generation
@@ -317,8 +318,8 @@ class BatchConsumer(Service):
             prepared = [p for p in prepared if p.ranges]
             if not prepared:
                 return
-            states = await processor.read_all_states(prepared)
-            task = asyncio.ensure_future(processor.apply_all(prepared, self._expected, states))
+            reads = await processor.read_all(prepared)
+            task = asyncio.ensure_future(processor.apply_all(prepared, self._expected, reads))
             self._inflight = (task, list(batch))
         await asyncio.sleep(0)  # let the write go out before decoding the next batch
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace as E
+from typing import Any
 
-from stream.events.fold import FoldMemo
+from stream.events.fold import FoldMemo, entity_keys, fold
+from stream.events.windows import to_us
 from tests.support.config import fold_context
 from tests.support.memory_store import MemoryStore
 
@@ -49,3 +51,36 @@ def test_a_small_memo_keeps_the_last_written_and_changes_nothing() -> None:
     assert with_memo.states == without.states
     assert with_memo.buckets == without.buckets
     assert with_memo.zsets == without.zsets
+
+
+def _after_a_refused_write(memo: FoldMemo | None) -> tuple[Any, ...]:
+    """Batch 1 written and remembered, batch 2 refused (Redis unchanged), batch 3 folded over the same states."""
+    first = fold([(e, to_us(e.occurred_at)) for e in BATCHES[0]], dict.fromkeys(entity_keys(BATCHES[0], CTX)), CTX)
+    states = {key: new for key, (_, new) in first.entity_writes.items()}
+    if memo is not None:
+        memo.remember(first)
+
+    def fold_over_redis(events: list[E]) -> Any:
+        read = {k: states.get(k) for k in entity_keys(events, CTX)}
+        return fold([(e, to_us(e.occurred_at)) for e in events], read, CTX, memo)
+
+    refused = fold_over_redis([answered("a", 40), answered("b", 35)])  # nothing is remembered
+    later = fold_over_redis([opened("a", 50), answered("b", 20), opened("c", 60)])
+    return later.entity_writes, later.buckets, refused.entity_writes
+
+
+def test_a_refused_write_leaves_no_state_that_already_absorbed_its_batch() -> None:
+    """The fold updates the memo's states in place: a later batch over the same Redis state must not see them."""
+    assert _after_a_refused_write(FoldMemo()) == _after_a_refused_write(None)
+
+
+def test_an_entity_the_batch_leaves_unchanged_stays_in_the_memo() -> None:
+    memo = FoldMemo()
+    batch = [(e, to_us(e.occurred_at)) for e in BATCHES[0]]
+    delta = fold(batch, dict.fromkeys(entity_keys(BATCHES[0], CTX)), CTX, memo)
+    memo.remember(delta)
+    states = {k: new for k, (_, new) in delta.entity_writes.items()}
+    kept = dict(memo.entries)
+    again = fold(batch, states, CTX, memo)  # the same openings again: no state changes
+    assert again.entity_writes == {}
+    assert memo.entries == kept
