@@ -14,7 +14,7 @@ from __future__ import annotations
 from .deployment import DEFAULT_DEPLOYMENT, Deployment
 from .model import Alert
 from .names import exporter_metric, kpi_metric, lag_exporter_metric, metrics_in, worker_metric
-from .thresholds import P90, SLA, THRESHOLDS, threshold, threshold_duration, threshold_percent
+from .thresholds import SLA, THRESHOLDS, threshold, threshold_duration, threshold_percent
 
 __all__ = ["ALERTS", "GROUPS", "GROUP_DASHBOARDS", "build_alerts"]
 
@@ -46,28 +46,14 @@ def day_against_week(name: str, comparison: str, baseline: str, min_volume: str,
 
 
 def _support_alerts() -> tuple[Alert, ...]:
-    first_response = kpi_metric("crm_first_response_seconds")
     breach_ratio = kpi_metric("crm_first_response_sla_breach_ratio")
     over_sla = kpi_metric("crm_tickets_awaiting_response_over_sla")
     oldest = kpi_metric("crm_ticket_oldest_awaiting_response_seconds")
     critical = threshold("awaiting_critical_priorities")
     other = "|".join(p for p in SLA if p not in critical.split("|"))
     assert set(critical.split("|")) <= set(SLA), critical
-    fr_window, breach_window = threshold("first_response_window"), threshold("sla_breach_window")
+    breach_window = threshold("sla_breach_window")
     return (
-        Alert(
-            "CrmKpiFirstResponseP90OverSla",
-            "support",
-            f"{in_window(first_response, fr_window, quantile=P90)} > {threshold('first_response_p90_seconds')}",
-            "15m",
-            "warning",
-            f"First-response p90 over the last {fr_window} is over the"
-            f" {threshold_duration('first_response_p90_seconds')} SLA.",
-            f"90% of the tickets first answered in the last {fr_window} waited up to"
-            " {{ $value | humanizeDuration }} for a first response, over the"
-            f" {threshold_duration('first_response_p90_seconds')} SLA, for 15 minutes.",
-            ("first_response_window", "first_response_p90_seconds"),
-        ),
         Alert(
             "CrmKpiFirstResponseSlaBreachRatioHigh",
             "support",

@@ -54,12 +54,6 @@ class Threshold:
 
 THRESHOLDS: dict[str, Threshold] = {
     # Slow responses
-    "first_response_window": Threshold("1h", "window", "KPI window the first-response p90 is read from"),
-    "first_response_p90_seconds": Threshold(
-        SLA["normal"],
-        "s",
-        "first-response p90 above this is 'over the SLA' (the default normal-priority SLA)",
-    ),
     "sla_breach_window": Threshold("24h", "window", "KPI window of the per-priority SLA breach ratio"),
     "sla_breach_ratio": Threshold(0.2, "ratio", "share of first responses slower than their priority's SLA"),
     "awaiting_critical_priorities": Threshold(

@@ -206,6 +206,31 @@ class RedisCluster:
             timeout=timeout,
         )
 
+    def begin_migration(self, slot: int, source: int, target: int) -> list[bytes]:
+        """Open a migration of `slot` from master `source` to `target` (MIGRATING/IMPORTING, as
+        `redis-cli --cluster reshard` does) and move half its keys: the slot stays split between the
+        two nodes until `finish_migration`. Returns the keys left on the source (at least one)."""
+        ids = {p: _text(self.node(p).client().execute_command("CLUSTER", "MYID")) for p in (source, target)}
+        self.node(target).client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        self.node(source).client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        keys: list[bytes] = self.node(source).client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100_000)
+        assert len(keys) >= 2, f"slot {slot} holds {len(keys)} keys: nothing to split"
+        self._migrate(source, target, keys[: len(keys) // 2])
+        return keys[len(keys) // 2 :]
+
+    def finish_migration(self, slot: int, source: int, target: int) -> None:
+        """Move the slot's remaining keys to `target` and give it the slot on every master."""
+        keys: list[bytes] = self.node(source).client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100_000)
+        self._migrate(source, target, keys)
+        target_id = _text(self.node(target).client().execute_command("CLUSTER", "MYID"))
+        for port in (target, source, *(p for p in self.master_ports() if p not in (source, target))):
+            self.node(port).client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        self.wait_healthy()
+
+    def _migrate(self, source: int, target: int, keys: list[bytes]) -> None:
+        if keys:
+            self.node(source).client().execute_command("MIGRATE", "127.0.0.1", target, "", 0, 10_000, "KEYS", *keys)
+
     def stop(self) -> None:
         for node in self.nodes:
             if node.proc is not None and node.proc.poll() is None:
