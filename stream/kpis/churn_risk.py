@@ -16,10 +16,13 @@ reasons for those customers from their stored items.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 __all__ = [
+    "FREE_TICKETS",
+    "POINTS",
+    "TICKETS",
     "TYPES",
     "WINDOW_US",
     "Item",
@@ -34,9 +37,14 @@ WINDOW_US: Final = 30 * 86400 * 1_000_000
 TYPES: Final = frozenset({"ticket.opened", "survey.submitted", "customer.churned"})
 
 # Item codes: T ticket, C complaint ticket, X cancellation ticket, N NPS 0-6, S CSAT <= 2, E CES >= 6.
-_TICKETS: Final = frozenset("TCX")
-_POINTS: Final = {"C": 2, "X": 3, "N": 2, "S": 2, "E": 1}
-_FREE_TICKETS: Final = 3
+TICKETS: Final = frozenset("TCX")
+"""The item codes that are tickets (each ticket beyond the third scores 1)."""
+POINTS: Final = {"C": 2, "X": 3, "N": 2, "S": 2, "E": 1}
+"""Points of an item by code, besides the ticket rule (a plain ticket "T" scores only through it)."""
+FREE_TICKETS: Final = 3
+_TICKETS: Final = TICKETS
+_POINTS: Final = POINTS
+_FREE_TICKETS: Final = FREE_TICKETS
 _LABEL: Final = {
     "C": "complaint ticket",
     "X": "cancellation ticket",
@@ -89,12 +97,12 @@ def reasons(items: Iterable[Item], now_us: int) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (-r["points"], r["reason"]))
 
 
-def expiry_us(items: tuple[Item, ...], threshold: int) -> int | None:
+def expiry_us(items: Sequence[Item], threshold: int) -> int | None:
     """The first moment the points fall under `threshold` as items age out; None if never reached.
 
     Points are read with every item counted (the moment of the newest item);
     after that they only fall. The customer is at risk at t while t < expiry.
-    `items` must be sorted (as RiskState keeps them).
+    `items` must be sorted (as RiskState keeps them); empty: None.
 
     The items still counted at any moment are a suffix of the sorted items, and
     a suffix's points only grow with its length. So the answer comes from the
@@ -111,6 +119,7 @@ def expiry_us(items: tuple[Item, ...], threshold: int) -> int | None:
             fixed += _POINTS.get(code, 0)
             tickets += code in _TICKETS
             i -= 1
-        if fixed + max(0, tickets - _FREE_TICKETS) >= threshold:
+        extra = tickets - _FREE_TICKETS
+        if fixed + (extra if extra > 0 else 0) >= threshold:  # not max(): a call per group of times
             return t + WINDOW_US
     return None

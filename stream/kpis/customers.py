@@ -8,10 +8,9 @@ items of the last 30 days, see `stream.kpis.churn_risk`).
 from __future__ import annotations
 
 import bisect
-import operator
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -68,11 +67,11 @@ class CustomerState(PackedState):
         return out
 
 
-_ITEM_KEY = operator.itemgetter(2)
 _AFTER_ANY_CODE = "\U0010ffff"  # sorts after every item code, so (t, this) follows every item at t
+_RISK_POINTS: Final = churn_risk.POINTS
+_RISK_TICKETS: Final = churn_risk.TICKETS
 
 
-@dataclass
 class RiskState:
     """One customer's churn-risk items of the last 30 days (before their newest) and churn.
 
@@ -82,28 +81,70 @@ class RiskState:
     depends only on the set of events seen. One bounded-memory exception: a key
     whose item was dropped, seen again with a later time (a ticket "opened"
     twice more than 30 days apart), counts anew at that time.
+
+    Kept incrementally, so an event costs O(log n) comparisons, not a scan of
+    the customer's n items (a busy customer holds dozens, and every one of
+    their tickets and surveys lands here): the items as a sorted list, an index
+    key -> (time µs, code), and the points of all items as two counters (fixed
+    points, tickets). Appending in time order (the usual case) is O(1);
+    an out-of-order insert or a drop moves list slots (one C memmove). The
+    list and the index are copied on first write after `copy()` (copy-on-write:
+    the fold copies every state read from Redis, most of which one batch
+    changes once or not at all).
     """
 
-    churned_us: int | None = None
-    items: tuple[churn_risk.Item, ...] = ()
+    __slots__ = ("_fixed", "_index", "_items", "_owned", "_tickets", "churned_us")
+
+    def __init__(self, churned_us: int | None = None, items: Iterable[churn_risk.Item] = ()) -> None:
+        """`items`: sorted by (time, code, key), one per key, none 30 days or more before the newest."""
+        self.churned_us = churned_us
+        self._items: list[churn_risk.Item] = list(items)
+        self._index: dict[str, tuple[int, str]] = {}
+        self._fixed = 0
+        self._tickets = 0
+        self._owned = True
+        index = self._index
+        for t, code, key in self._items:
+            index[key] = (t, code)
+            self._count(code, 1)
+
+    @property
+    def items(self) -> tuple[churn_risk.Item, ...]:
+        """The items, sorted by (time µs, code, key) (a copy: O(n), for read-outs and tests)."""
+        return tuple(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RiskState):
+            return NotImplemented
+        return self.churned_us == other.churned_us and self._items == other._items
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"RiskState(churned_us={self.churned_us!r}, items={self.items!r})"
 
     def encode(self) -> str:
-        if self.churned_us is None and not self.items:
+        if self.churned_us is None and not self._items:
             return ""
-        return orjson.dumps([self.churned_us, self.items]).decode()
+        return orjson.dumps([self.churned_us, self._items]).decode()  # tuples encode as arrays, as before
 
     @classmethod
     def decode(cls, raw: str | None) -> RiskState:
         if not raw:
             return cls()
         churned, items = orjson.loads(raw)
-        return cls(churned, tuple(map(tuple, items)))
+        return cls(churned, [(t, code, key) for t, code, key in items])
 
     def persistent(self) -> bool:
         return False
 
     def copy(self) -> RiskState:
-        return RiskState(self.churned_us, self.items)  # items is a tuple: shared, never modified
+        """An equal state; O(1): both share the list and index until either is written."""
+        new = RiskState(self.churned_us)
+        new._items, new._index = self._items, self._index
+        new._fixed, new._tickets = self._fixed, self._tickets
+        new._owned = self._owned = False
+        return new
 
     def merge(self, event: Any, t_us: int) -> RiskState:
         """The state after `event` (at t_us); self is unchanged."""
@@ -111,37 +152,56 @@ class RiskState:
         new.absorb(event, t_us)
         return new
 
+    def _count(self, code: str, sign: int) -> None:
+        self._fixed += sign * _RISK_POINTS.get(code, 0)
+        if code in _RISK_TICKETS:
+            self._tickets += sign
+
     def absorb(self, event: Any, t_us: int) -> None:
-        """Merge a churn or a relevant ticket/survey event into this state."""
+        """Merge a churn or a relevant ticket/survey event into this state (O(log n) amortised)."""
         if event.type == "customer.churned":
             if earlier(self.churned_us, t_us):
                 self.churned_us = t_us
             return
         code, key = churn_risk.item_of(event)
-        items = self.items
-        keys = list(map(_ITEM_KEY, items))  # C-level scans: a busy customer holds dozens of items
-        if key in keys:
-            j = keys.index(key)
-            t, c, _ = items[j]
-            if (t, c) <= (t_us, code):
-                return
-            items = items[:j] + items[j + 1 :]
+        seen = self._index.get(key)
+        if seen is not None and seen <= (t_us, code):
+            return  # a repeat, or a later copy of the key: the earliest (time, code) stays
+        if not self._owned:
+            self._items = list(self._items)
+            self._index = dict(self._index)
+            self._owned = True
+        items, index = self._items, self._index
+        if seen is not None:
+            del items[bisect.bisect_left(items, (seen[0], seen[1], key))]
+            self._count(seen[1], -1)
         item = (t_us, code, key)
         if not items or item > items[-1]:
-            items += (item,)  # the usual case: events come roughly in time order
+            items.append(item)  # the usual case: events come roughly in time order
         else:
-            at = bisect.bisect(items, item)
-            items = (*items[:at], item, *items[at:])
+            bisect.insort(items, item)
+        index[key] = (t_us, code)
+        self._count(code, 1)
         cut = items[-1][0] - churn_risk.WINDOW_US
-        if items[0][0] <= cut:
-            items = items[bisect.bisect_right(items, (cut, _AFTER_ANY_CODE)) :]  # drop items at or before the cut
-        self.items = items
+        if items[0][0] <= cut:  # drop the items at or before the cut (each item leaves once)
+            n = bisect.bisect_right(items, (cut, _AFTER_ANY_CODE))
+            for _, gone_code, gone_key in items[:n]:
+                del index[gone_key]
+                self._count(gone_code, -1)
+            del items[:n]
+
+    def peak_points(self) -> int:
+        """Points with every item counted (at the newest item's time, their highest); 0 without items. O(1)."""
+        extra = self._tickets - churn_risk.FREE_TICKETS
+        return self._fixed + (extra if extra > 0 else 0)
 
     def contribute(self, entity_id: str, config: KpiConfig) -> Contribution:
         """Membership of the at-risk set, scored by when the customer falls under the threshold."""
         out = Contribution()
-        if self.churned_us is None and self.items:
-            expiry = churn_risk.expiry_us(self.items, config.risk_threshold)
+        if self.churned_us is None and self._items:
+            if self.peak_points() < config.risk_threshold:
+                return out  # never at risk: points only fall after the newest item (O(1), no scan)
+            expiry = churn_risk.expiry_us(self._items, config.risk_threshold)
             if expiry is not None:
                 out.zmembers.add((AT_RISK.name, entity_id, expiry / 1e6))
         return out
