@@ -423,6 +423,11 @@ class Settings(BaseSettings):
         return self.topic("dead-letter")
 
     @property
+    def repartition_topic(self) -> str:
+        """The internal topic forwarding events read off their home partition (Redis Cluster mode, docs/design.md)."""
+        return self.topic("repartition")
+
+    @property
     def longest_window(self) -> float:
         """Seconds of the longest window; older events are late."""
         return max(self.windows)

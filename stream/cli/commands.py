@@ -149,7 +149,7 @@ def topics() -> None:
 @click.option("--partitions", type=int, default=None, help="Overrides CRM_KPI_TOPIC_PARTITIONS.")
 @_one_line_failures
 def topics_create(partitions: int | None) -> None:
-    """Create the event topics and the dead-letter topic (existing ones are left alone).
+    """Create the event topics, the dead-letter topic and the repartition topic (existing ones are left alone).
 
     Exits 1 when an existing topic has another partition count than the setting.
     """
