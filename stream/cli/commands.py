@@ -257,10 +257,11 @@ def offsets_reset(topics: tuple[str, ...], partitions: tuple[int, ...], to: str 
 
 
 def _check_topics(settings: Settings, topics: tuple[str, ...]) -> None:
-    unknown = sorted(set(topics) - set(settings.event_topics()))
+    consumed = settings.consumed_topics()
+    unknown = sorted(set(topics) - set(consumed))
     if unknown:
         raise click.BadParameter(
-            f"{', '.join(unknown)} is not an event topic ({', '.join(settings.event_topics())})", param_hint="--topic"
+            f"{', '.join(unknown)} is not a topic the worker consumes ({', '.join(consumed)})", param_hint="--topic"
         )
 
 

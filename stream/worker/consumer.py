@@ -105,12 +105,10 @@ class BatchConsumer(Service):
         self.settings = settings
         self.metrics = metrics
         metrics.gap_horizon_s = settings.longest_window
-        self.topics = list(settings.event_topics())
         # Redis Cluster: events read off their home partition are forwarded through the
         # repartition topic, whose partition p feeds partition group p like any event topic.
+        self.topics = settings.consumed_topics()
         self.repartition = settings.redis_cluster
-        if self.repartition:
-            self.topics.append(settings.repartition_topic)
         self._home_partitions = 0  # the topics' common partition count (cluster mode), checked at start
         self._expected: dict[str, int] = {}  # next offset per partition field, as Redis says
         # Where the consumer's next fetch of each owned partition starts: set by every seek,
