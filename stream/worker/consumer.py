@@ -175,7 +175,7 @@ class BatchConsumer(Service):
         self._processor = BatchProcessor(
             s,
             self._store,
-            DeadLetters(self._producer, s.dead_letter_topic),
+            DeadLetters(self._producer, s.dead_letter_topic, s.repartition_topic if self.repartition else None),
             self.metrics,
             make_windows(s.windows),
             keys,

@@ -17,9 +17,13 @@ __all__ = ["DeadLetters", "Outgoing", "send_batched", "source_headers"]
 class DeadLetters:
     """Sends rejected records to the dead-letter topic; `send` returns once Kafka acked all."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, internal: str | None = None) -> None:
+        """`internal`: the repartition topic, whose records name their original topic, partition and
+        offset in their own headers: a letter of one names those (so `crm-kpi dead-letter replay`
+        sends it back to its event topic) and where it was forwarded (`forwarded_from`)."""
         self._producer = producer
         self.topic = topic
+        self._internal = internal
         self._partitioner = DefaultPartitioner()
 
     async def send(self, rejected: Sequence[tuple[Any, Rejection]]) -> None:
@@ -42,13 +46,22 @@ class DeadLetters:
                 partition = by_key.get(key, -1)
                 if partition < 0:
                     partition = by_key[key] = self._partitioner(key, partitions, partitions)
-            headers = [
-                ("reason", why.reason.encode()),
-                ("detail", why.detail.encode()),
-                *source_headers(record),
-            ]
+            headers = [("reason", why.reason.encode()), ("detail", why.detail.encode()), *self._origin(record)]
             records.append((partition, key, record.value, headers))
         await send_batched(producer, self.topic, records)
+
+    def _origin(self, record: Any) -> list[tuple[str, bytes]]:
+        own = source_headers(record)
+        if record.topic != self._internal:
+            return own
+        carried = [(name, value) for name, value in record.headers or () if name in _SOURCE]
+        if {name for name, _ in carried} != _SOURCE:
+            return own  # not forwarded by a worker: name the repartition topic itself
+        where = f"{record.topic}:{record.partition}:{record.offset}".encode()
+        return [*carried, ("forwarded_from", where)]
+
+
+_SOURCE = frozenset({"source_topic", "source_partition", "source_offset"})
 
 
 Outgoing = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]

@@ -12,6 +12,7 @@ from stream.events.windows import make_windows
 from stream.kafka.routing import home_partition
 from stream.store import Keys
 from stream.worker.batch import BatchProcessor
+from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.repartition import Repartition
 from tests.support.config import clean_settings
@@ -90,3 +91,18 @@ def test_repartition_records_are_folded_as_read_on_their_source_topic_and_never_
     assert [ev.event_id for ev, _ in prep.unique] == ["e1", "e2"]
     assert [why.reason for _, why in prep.rejected] == ["wrong_topic", "wrong_topic"]
     assert prep.ranges[0][:3] == (f"{INTERNAL}:5", 0, 4)
+
+
+def test_a_forwarded_record_rejected_at_home_is_dead_lettered_with_its_original_source() -> None:
+    """So `crm-kpi dead-letter replay` sends it back to its event topic, not to the internal one."""
+    letters = DeadLetters(None, "crm.dead-letter", INTERNAL)  # type: ignore[arg-type]
+    source = [("source_topic", TICKETS.encode()), ("source_partition", b"3"), ("source_offset", b"17")]
+    forwarded = _record(INTERNAL, 5, 40, _ticket("e1", "c"), source)
+    assert letters._origin(forwarded) == [*source, ("forwarded_from", f"{INTERNAL}:5:40".encode())]
+    direct = _record(TICKETS, 2, 9, _ticket("e2", "c"))
+    assert letters._origin(direct) == [
+        ("source_topic", TICKETS.encode()), ("source_partition", b"2"), ("source_offset", b"9")
+    ]
+    # A record nobody forwarded (no provenance headers): named as read.
+    stray = _record(INTERNAL, 1, 3, _ticket("e3", "c"))
+    assert letters._origin(stray)[0] == ("source_topic", INTERNAL.encode())
