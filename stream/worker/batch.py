@@ -58,6 +58,7 @@ _REDIS_DOWN = (
 # Refusals no retry fixes until an operator acts: wrong password, missing ACL rights.
 _REDIS_REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError)
 _MAX_BACKOFF_S = 5.0
+_HOME_CACHE = 200_000  # routing keys whose home partition is remembered (~25 MB at most)
 # Retry interval of a failure that needs an operator (credentials, certificates, ACLs):
 # often enough to resume soon after the fix, rarely enough not to hammer the server.
 _PERMANENT_RETRY_S = 30.0
@@ -149,6 +150,8 @@ class BatchProcessor:
         self.repartition = repartition
         self._internal = repartition.topic if repartition is not None else None
         self._homes = home_partitions if keys.spread and repartition is not None else 0
+        # Routing key -> home partition: customers recur across batches, and murmur2 is pure Python.
+        self._home_of: dict[bytes, int] = {}
         self._rules = fold_rules(settings.kpi_config())
         self._max_skew_us = int(settings.max_future_skew * 1_000_000)
         self._memo = FoldMemo()
@@ -221,7 +224,9 @@ class BatchProcessor:
             internal = tp.topic == self._internal
             family = "" if internal else self._family[tp.topic]
             here = tp.partition if homes and not internal else -1
-            home_of: dict[bytes, int] = {}  # one hash per key: a customer's events repeat it
+            home_of = self._home_of
+            if len(home_of) > _HOME_CACHE:
+                home_of.clear()
             last = -1
             top = -1
             for rec in records:
