@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field("crm", pattern=r"^[A-Za-z0-9_.:-]+$")
     # A Redis Cluster: cluster-aware clients (MOVED/ASK followed); the key layout is the same.
     redis_cluster: bool = False
+    # More startup nodes (host:port, comma-separated) besides CRM_KPI_REDIS_URL's: a client
+    # starting while one node is down loads the slot map from another.
+    redis_cluster_nodes: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(default_factory=list)
 
     # Windows and state
     windows: Annotated[list[float], NoDecode, BeforeValidator(_windows)] = Field(
@@ -343,6 +346,12 @@ class Settings(BaseSettings):
         url = urlsplit(self.redis_url)
         if self.redis_cluster and url.scheme == "unix":
             raise ValueError("CRM_KPI_REDIS_CLUSTER=true needs a redis:// or rediss:// URL of one cluster node")
+        if self.redis_cluster_nodes and not self.redis_cluster:
+            raise ValueError("CRM_KPI_REDIS_CLUSTER_NODES is set but CRM_KPI_REDIS_CLUSTER is not true")
+        for node in self.redis_cluster_nodes:
+            host, sep, port = node.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host or "@" in host:
+                raise ValueError(f"CRM_KPI_REDIS_CLUSTER_NODES: {node!r} is not host:port (e.g. redis-2:6379)")
         if self.redis_cluster and url.path not in ("", "/", "/0"):
             raise ValueError("CRM_KPI_REDIS_URL names a database other than 0: a Redis Cluster has only database 0")
         if url.password is not None and self.redis_password is not None:

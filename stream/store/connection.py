@@ -76,6 +76,15 @@ def _options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+def _startup_nodes(settings: Settings) -> list[tuple[str, int]]:
+    """CRM_KPI_REDIS_CLUSTER_NODES as (host, port); the URL's node is the clients' own first."""
+    out = []
+    for node in settings.redis_cluster_nodes:
+        host, _, port = node.rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
 def async_client(settings: Settings, socket_timeout: float = 10, connect_timeout: float = 5) -> AsyncClient:
     """An asyncio Redis client (the worker's); a cluster client with CRM_KPI_REDIS_CLUSTER."""
     if settings.redis_cluster:
@@ -84,6 +93,7 @@ def async_client(settings: Settings, socket_timeout: float = 10, connect_timeout
         # failover) the worker treats as an outage and retries (stream/worker/batch.py).
         return aiocluster.RedisCluster.from_url(
             settings.redis_url,
+            startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in _startup_nodes(settings)],
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             **_options(settings),
@@ -103,6 +113,10 @@ def sync_client(settings: Settings, socket_timeout: float = 5, connect_timeout: 
     if settings.redis_cluster:
         return redis.cluster.RedisCluster.from_url(
             settings.redis_url,
+            startup_nodes=[
+                redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                for host, port in _startup_nodes(settings)
+            ],
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             **_options(settings),

@@ -110,8 +110,9 @@ def _check(got: dict[Any, float], events: list[dict[str, Any]], now: datetime) -
 def _master_of_most_groups(cluster: RedisCluster, prefix: str) -> int:
     """The master holding the most partition groups, other than the node `CRM_KPI_REDIS_URL` names.
 
-    The URL is the clients' one startup node: a worker or exporter (re)started while it is
-    down cannot load the slot map (docs/configuration.md), so the test kills another master.
+    The URL is the clients' only startup node here (no CRM_KPI_REDIS_CLUSTER_NODES): a worker or
+    exporter (re)started while it is down could not load the slot map, so the test kills another
+    master (tests/integration/store/test_redis_cluster.py covers more startup nodes).
     """
     client = ClusterClient.from_url(cluster.url)
     try:

@@ -146,3 +146,38 @@ def test_cluster_mode_refuses_a_unix_socket_url_in_one_line() -> None:
     assert run.stderr.strip().splitlines() == [
         "crm-kpi: invalid settings: CRM_KPI_REDIS_CLUSTER=true needs a redis:// or rediss:// URL of one cluster node"
     ], run.stderr
+
+
+def test_more_startup_nodes_let_a_client_start_while_the_urls_node_is_down(prefix: str) -> None:
+    """CRM_KPI_REDIS_URL's node down (here: a port nothing listens on): with
+    CRM_KPI_REDIS_CLUSTER_NODES naming another node the command loads the slot map from it;
+    without, it fails in one line naming the URL's node."""
+    from stream.devtools.servers import free_port
+
+    with RedisCluster(masters=3) as cluster:
+        down = f"127.0.0.1:{free_port()}"
+        live = cluster.node(cluster.master_ports()[1]).address
+        env = {"CRM_KPI_REDIS_URL": f"redis://{down}/0", "CRM_KPI_REDIS_KEY_PREFIX": prefix}
+        env["CRM_KPI_REDIS_CLUSTER"] = "true"
+        alone = crm_kpi(env, "kpis")
+        assert alone.code != 0
+        assert len(alone.stderr.strip().splitlines()) == 1, alone.stderr
+        assert down in alone.stderr, alone.stderr
+        seeded = crm_kpi({**env, "CRM_KPI_REDIS_CLUSTER_NODES": f"127.0.0.1:{free_port()}, {live}"}, "kpis")
+        assert seeded.code == 0, seeded.stderr
+        assert seeded.stdout.splitlines()[:2] == ["metric\tlabels\twindow\tvalue", "crm_deals_won\t-\t1h\t0.0"]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "cluster", "message"),
+    [
+        ("redis-2:6379", "false", "CRM_KPI_REDIS_CLUSTER_NODES is set but CRM_KPI_REDIS_CLUSTER is not true"),
+        ("redis-2", "true", "CRM_KPI_REDIS_CLUSTER_NODES: 'redis-2' is not host:port (e.g. redis-2:6379)"),
+        ("redis-2:99999", "true", "CRM_KPI_REDIS_CLUSTER_NODES: 'redis-2:99999' is not host:port (e.g. redis-2:6379)"),
+    ],
+)
+def test_bad_startup_nodes_are_refused_in_one_line(nodes: str, cluster: str, message: str) -> None:
+    env = {"CRM_KPI_REDIS_CLUSTER_NODES": nodes, "CRM_KPI_REDIS_CLUSTER": cluster}
+    run = crm_kpi({"CRM_KPI_REDIS_URL": "redis://127.0.0.1:1/0", **env}, "kpis")
+    assert run.code == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [f"crm-kpi: invalid settings: {message}"], run.stderr
