@@ -105,6 +105,18 @@ def node_stats(node: redis.Redis) -> Stats:
     }
 
 
+@dataclass(frozen=True)
+class Sample:
+    """The counters at one instant of a run."""
+
+    at: float
+    applied: int
+    worker_cpu_s: float
+    redis: list[Stats]
+    machine_cpu_s: float
+    broker_cpu_s: float
+
+
 def stats(target: Target) -> list[Stats]:
     return [node_stats(n) for n in target.masters]
 
@@ -227,15 +239,14 @@ def run_config(
                 pass
         return len(started) == len(ports) or applied[0] >= total
 
+    def sample(at: float) -> Sample:
+        return Sample(at, applied[0], sum(_cpu_s(p.pid) for p in procs), stats(target), _machine_busy_s(),
+                      _cpu_s(broker_pid))  # fmt: skip
+
     try:
-        first = _poll_until(lambda: (progress(), applied[0])[1] > 0, 180, "first batch", POLL_S)
-        running = _poll_until(all_running, 180, "every worker applying", POLL_S)
-        cpu_first, redis_first, machine_first = sum(_cpu_s(p.pid) for p in procs), stats(target), _machine_busy_s()
-        broker_first = _cpu_s(broker_pid)
-        timed = total - applied[0]
-        last = _poll_until(progress, 1800, "every partition applied", POLL_S)
-        cpu_last, redis_last, machine_last = sum(_cpu_s(p.pid) for p in procs), stats(target), _machine_busy_s()
-        broker_last = _cpu_s(broker_pid)
+        first = sample(_poll_until(lambda: (progress(), applied[0])[1] > 0, 180, "first batch", POLL_S))
+        running = sample(_poll_until(all_running, 180, "every worker applying", POLL_S))
+        end = sample(_poll_until(progress, 1800, "every partition applied", POLL_S))
         rss = max(_peak_rss_mb(p.pid) for p in procs)
     finally:
         for p in procs:
@@ -252,28 +263,31 @@ def run_config(
             assert_matches(got, expected(unique, datetime.fromtimestamp(now_s, UTC)), windows=("30d",))
         except AssertionError as exc:
             errors.append(f"independent reference: {str(exc)[:300]}")
-    steady_redis_cpu = _delta(redis_last, redis_first, "cpu_s")
-    span = last - running
-    steady = timed >= total / 10 and span > 0.5  # else the stream was too short for N workers (--events)
+    # Steady: from every worker applying to the end. A stream too short for N workers (the last
+    # one started near the end; see --events) falls back to the span from the first batch.
+    steady = total - running.applied >= total / 10 and end.at - running.at > 0.5
+    base = running if steady else first
+    timed, span = total - base.applied, end.at - base.at
+    redis_cpu = _delta(end.redis, base.redis, "cpu_s")
     out: dict[str, Any] = {
-        "wall_s": last - spawned,
-        "rate_wall": total / (last - spawned),
-        "rate": timed / span if steady else total / (last - spawned),
+        "wall_s": end.at - spawned,
+        "rate_wall": total / (end.at - spawned),
+        "rate": timed / span,
         "steady": steady,
-        "startup_s": first - spawned,
-        "all_running_s": running - spawned,
+        "startup_s": first.at - spawned,
+        "all_running_s": running.at - spawned,
         "steady_records": timed,
-        "broker_cpu_us_per_record": 1e6 * (broker_last - broker_first) / timed,
-        "machine_cores_busy": (machine_last - machine_first) / span,
-        "worker_cpu_us_per_record": 1e6 * (cpu_last - cpu_first) / timed,
-        "worker_cores_busy": (cpu_last - cpu_first) / span,
-        "redis_cpu_us_per_record": [1e6 * c / timed for c in steady_redis_cpu],
-        "redis_cores_busy": [c / span for c in steady_redis_cpu],
-        "commands_per_record": sum(_delta(redis_last, before, "commands")) / total,
-        "scripts_per_1k_records": 1000 * sum(_delta(redis_last, before, "evalsha")) / total,
-        "net_in_bytes_per_record": sum(_delta(redis_last, before, "net_in")) / total,
-        "net_out_bytes_per_record": sum(_delta(redis_last, before, "net_out")) / total,
-        "state_mb": sum(_delta(redis_last, before, "used_memory")) / 2**20,
+        "broker_cpu_us_per_record": 1e6 * (end.broker_cpu_s - base.broker_cpu_s) / timed,
+        "machine_cores_busy": (end.machine_cpu_s - base.machine_cpu_s) / span,
+        "worker_cpu_us_per_record": 1e6 * (end.worker_cpu_s - base.worker_cpu_s) / timed,
+        "worker_cores_busy": (end.worker_cpu_s - base.worker_cpu_s) / span,
+        "redis_cpu_us_per_record": [1e6 * c / timed for c in redis_cpu],
+        "redis_cores_busy": [c / span for c in redis_cpu],
+        "commands_per_record": sum(_delta(end.redis, before, "commands")) / total,
+        "scripts_per_1k_records": 1000 * sum(_delta(end.redis, before, "evalsha")) / total,
+        "net_in_bytes_per_record": sum(_delta(end.redis, before, "net_in")) / total,
+        "net_out_bytes_per_record": sum(_delta(end.redis, before, "net_out")) / total,
+        "state_mb": sum(_delta(end.redis, before, "used_memory")) / 2**20,
         "groups_per_master": groups_per_master(target, s.redis_key_prefix),
         "peak_rss_mb": rss,
         "series": len(got),
@@ -372,7 +386,7 @@ def main() -> None:
                     drop(target, prefix)
                     runs[name].append(out)
                     print(
-                        f"round {r + 1} {name}: {out['rate']:,.0f} rec/s steady, {out['rate_wall']:,.0f} wall, "
+                        f"round {r + 1} {name}: {out['rate']:,.0f} rec/s {'steady' if out['steady'] else 'from the first batch'}, {out['rate_wall']:,.0f} wall, "
                         f"worker {out['worker_cpu_us_per_record']:.1f} µs/rec, redis "
                         f"{'/'.join(f'{x:.1f}' for x in out['redis_cpu_us_per_record'])} µs/rec, "
                         f"exact={out['exact']} {out['errors'][:1]}",
