@@ -73,11 +73,12 @@ from stream.exporter.collector import kpi_samples, snapshot
 from stream.kpis import fold_rules
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys
+from stream.store.connection import SyncClient
 
 Figures = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def figures_at(client: redis.Redis, s: Settings, now_s: float) -> Figures:
+def figures_at(client: SyncClient, s: Settings, now_s: float) -> Figures:
     """Every KPI series the exporter would serve for this key prefix, read at `now_s`."""
     return {
         (name, tuple(sorted(labels.items()))): value for name, labels, value in kpi_samples(snapshot(client, s, now_s))
@@ -105,6 +106,25 @@ async def fold_offline(s: Settings, unique: list[dict[str, Any]]) -> None:
         assert outcome.ok, outcome
     finally:
         await client.aclose()
+
+
+def describe(
+    shape: Shape, unique: list[dict[str, Any]], published: list[dict[str, Any]], ends: dict[Any, int]
+) -> dict[str, Any]:
+    """What a published realistic stream holds: sizes, redeliveries, customers, the busy accounts' share."""
+    busy = sum(1 for e in unique if int(str(e.get("customer_id", "c999999"))[1:]) < shape.busy)
+    return {
+        "label": shape.label(),
+        "events": len(unique),
+        "records": sum(ends.values()),
+        "redeliveries": len(published) - len(unique),
+        "customers_seen": len({e["customer_id"] for e in unique if "customer_id" in e}),
+        "busy_share_of_events": busy / len(unique),
+        "event_time_span_days": (
+            datetime.fromisoformat(unique[-1]["occurred_at"]) - datetime.fromisoformat(unique[0]["occurred_at"])
+        ).total_seconds()
+        / 86400,
+    }
 
 
 def _scrape_worker(port: str) -> dict[str, float]:
@@ -241,20 +261,7 @@ def main() -> None:
                 offline = _settings(kafka.url, rds.url, f"{tag}.", f"{tag}off")
                 asyncio.run(fold_offline(offline, unique))
                 workloads[name] = (shape, sum(ends.values()), offline, unique)
-                busy = sum(1 for e in unique if int(str(e.get("customer_id", "c999999"))[1:]) < shape.busy)
-                result["workloads"][name] = {
-                    "label": shape.label(),
-                    "events": len(unique),
-                    "records": sum(ends.values()),
-                    "redeliveries": len(published) - len(unique),
-                    "customers_seen": len({e["customer_id"] for e in unique if "customer_id" in e}),
-                    "busy_share_of_events": busy / len(unique),
-                    "event_time_span_days": (
-                        datetime.fromisoformat(unique[-1]["occurred_at"])
-                        - datetime.fromisoformat(unique[0]["occurred_at"])
-                    ).total_seconds()
-                    / 86400,
-                }
+                result["workloads"][name] = describe(shape, unique, published, ends)
                 print(f"published {name}: {json.dumps(result['workloads'][name], ensure_ascii=False)}", flush=True)
         core_name = next(iter(workloads))
         core_settings = _settings(kafka.url, rds.url, f"{core_name.replace('-', '')}.", "ceiling")

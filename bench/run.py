@@ -35,14 +35,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 
 
-def _settings(kafka: str, redis_url: str, topic_prefix: str, key_prefix: str, **extra: Any) -> Settings:
+def _settings(
+    kafka: str, redis_url: str, topic_prefix: str, key_prefix: str, *, partitions: int = PARTITIONS, **extra: Any
+) -> Settings:
     return load_settings(
         kafka_bootstrap_servers=kafka,
         redis_url=redis_url,
         topic_prefix=topic_prefix,
         redis_key_prefix=key_prefix,
         kafka_group_id=f"{key_prefix}-group",
-        topic_partitions=PARTITIONS,
+        topic_partitions=partitions,
         **extra,
     )
 
@@ -375,7 +377,7 @@ def run_scrape(s: Settings, logs: Path, n: int = 30) -> dict[str, Any]:
 
 async def run_memory(kafka: str, redis_url: str, n: int, logs: Path) -> dict[str, Any]:
     """Redis used_memory after n events with short windows, and after they expired."""
-    extra = {"windows": "1m,2m", "dedupe_horizon": "1m", "state_ttl": "2m"}
+    extra: dict[str, Any] = {"windows": "1m,2m", "dedupe_horizon": "1m", "state_ttl": "2m"}
     s = _settings(kafka, redis_url, "benchmem.", "benchmem", **extra)
     client = redis.Redis.from_url(redis_url)
     client.flushall()

@@ -431,6 +431,15 @@ class Settings(BaseSettings):
         """The dead-letter topic (docs/events.md)."""
         return self.topic("dead-letter")
 
+    def consumed_topics(self) -> list[str]:
+        """Every topic the worker consumes: the event topics, and with Redis Cluster the repartition topic."""
+        return [*self.event_topics(), *([self.repartition_topic] if self.redis_cluster else [])]
+
+    @property
+    def repartition_topic(self) -> str:
+        """The internal topic forwarding events read off their home partition (Redis Cluster mode, docs/design.md)."""
+        return self.topic("repartition")
+
     @property
     def longest_window(self) -> float:
         """Seconds of the longest window; older events are late."""

@@ -15,10 +15,11 @@ for user in admin worker producer; do
 done
 
 acl() { "$bin/kafka-acls.sh" --bootstrap-server "$bootstrap" --add "$@" >/dev/null; }
-# The worker: read the event topics and commit in its group, write the dead-letter topic.
+# The worker: read the event topics and commit in its group, write the dead-letter and repartition topics.
 acl --allow-principal User:crm-kpi-worker --operation Read --operation Describe --topic crm. --resource-pattern-type prefixed
 acl --allow-principal User:crm-kpi-worker --operation Read --group crm-kpi-worker
 acl --allow-principal User:crm-kpi-worker --operation Write --operation Describe --topic crm.dead-letter
+acl --allow-principal User:crm-kpi-worker --operation Write --operation Describe --topic crm.repartition
 # `crm-kpi topics create`.
 acl --allow-principal User:crm-kpi-admin --operation Create --operation Describe --topic crm. --resource-pattern-type prefixed
 # Producers, `crm-kpi publish` and `crm-kpi simulate`.

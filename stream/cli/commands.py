@@ -149,7 +149,7 @@ def topics() -> None:
 @click.option("--partitions", type=int, default=None, help="Overrides CRM_KPI_TOPIC_PARTITIONS.")
 @_one_line_failures
 def topics_create(partitions: int | None) -> None:
-    """Create the event topics and the dead-letter topic (existing ones are left alone).
+    """Create the event topics, the dead-letter topic and the repartition topic (existing ones are left alone).
 
     Exits 1 when an existing topic has another partition count than the setting.
     """
@@ -257,10 +257,11 @@ def offsets_reset(topics: tuple[str, ...], partitions: tuple[int, ...], to: str 
 
 
 def _check_topics(settings: Settings, topics: tuple[str, ...]) -> None:
-    unknown = sorted(set(topics) - set(settings.event_topics()))
+    consumed = settings.consumed_topics()
+    unknown = sorted(set(topics) - set(consumed))
     if unknown:
         raise click.BadParameter(
-            f"{', '.join(unknown)} is not an event topic ({', '.join(settings.event_topics())})", param_hint="--topic"
+            f"{', '.join(unknown)} is not a topic the worker consumes ({', '.join(consumed)})", param_hint="--topic"
         )
 
 

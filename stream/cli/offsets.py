@@ -90,8 +90,8 @@ async def _partitions(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list
 async def read_offsets(
     settings: Settings, store: AsyncStore, topics: Iterable[str] | None = None
 ) -> list[PartitionState]:
-    """Every partition of `topics` (default: the event topics) with Redis's offset and its log's bounds."""
-    names = list(topics) if topics is not None else list(settings.event_topics())
+    """Every partition of `topics` (default: every topic the workers consume) with Redis's offset and log bounds."""
+    names = list(topics) if topics is not None else settings.consumed_topics()
     admin = AIOKafkaAdminClient(**kafka_client_options(settings))
     await admin.start()
     try:

@@ -52,8 +52,8 @@ GroupLag = dict[tuple[str, int], tuple[int | None, int, int]]
 
 
 async def measure_lag(settings: Settings, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer) -> GroupLag:
-    """Committed, first and end offsets of every partition of the event topics, for the workers' group."""
-    known = await partitions_of(admin, list(settings.event_topics()))
+    """Committed, first and end offsets of every partition the workers' group consumes (`consumed_topics`)."""
+    known = await partitions_of(admin, settings.consumed_topics())
     partitions = [TopicPartition(topic, p) for topic, ids in known.items() for p in ids]
     if not partitions:
         return {}

@@ -194,9 +194,13 @@ class LogProbe:
                             # The first record at or after the offset: another offset means none there.
                             first = records[0]
                             found[tp] = Fingerprint.of(first) if first.offset == at[tp] else None
-                        elif consumer.highwater(tp) is not None:
-                            found[tp] = None  # a fetch answered with no record there
+                        elif (high := consumer.highwater(tp)) is not None and at[tp] >= high:
+                            found[tp] = None  # a fetch answered: the log ends at or below the offset
                         else:
+                            # No answer yet, or an answer without this partition's records although
+                            # the log holds some there: a fetch response is cut at fetch_max_bytes, and
+                            # a broker answers the partitions that did not fit with no records (Tansu
+                            # also leaves some out of an answer to many partitions). Fetch again.
                             continue
                         consumer.pause(tp)
                 highwater = {tp: consumer.highwater(tp) for tp in tps}

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from schemas import TOPIC_FAMILY, validate_event_json
 from stream.events.decode import Rejection, decode
 from stream.kafka.clients import check_kafka, kafka_client_options
+from stream.kafka.routing import routing_key
 from stream.settings import Settings
 
 __all__ = ["BadLine", "PublishSummary", "message_key", "publish_payloads", "read_jsonl"]
@@ -42,8 +43,12 @@ class PublishSummary:
 
 
 def message_key(event: Any) -> bytes:
-    """The recommended message key (docs/events.md): customer_id, else the event's own id."""
-    return str(getattr(event, "customer_id", None) or event.event_id).encode()
+    """The recommended message key (docs/events.md): customer_id, else the event's own id.
+
+    The routing key (`stream.kafka.routing`): with the default partitioner, every event
+    published here is read on its home partition and never needs the repartition hop.
+    """
+    return routing_key(event)
 
 
 def read_jsonl(

@@ -1,4 +1,4 @@
-"""`crm-kpi topics create`: the event topics and the dead-letter topic; checks that they exist.
+"""`crm-kpi topics create`: the event, dead-letter and repartition topics; checks that they exist.
 
 Topics are created here and nowhere else: no client of the product asks the broker to
 create one (`stream.kafka.clients`), so a topic always has the configured partition count,
@@ -16,7 +16,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stream.kafka.clients import KafkaAccessError, check_kafka, kafka_client_options, who
 from stream.settings import Settings
 
-__all__ = ["MissingTopicsError", "TopicsReport", "create_topics", "ensure_topics", "partitions_of", "require_topics"]
+__all__ = [
+    "MissingTopicsError",
+    "TopicsReport",
+    "create_topics",
+    "ensure_topics",
+    "home_partition_count",
+    "partitions_of",
+    "require_topics",
+]
 
 
 class MissingTopicsError(Exception):
@@ -33,7 +41,7 @@ class TopicsReport:
 
 
 def _names(settings: Settings) -> list[str]:
-    return [*settings.event_topics(), settings.dead_letter_topic]
+    return [*settings.event_topics(), settings.dead_letter_topic, settings.repartition_topic]
 
 
 async def ensure_topics(settings: Settings) -> TopicsReport:
@@ -113,3 +121,38 @@ async def partitions_of(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[s
         if topic.get("error_code", 0) == 0 and topic.get("partitions"):
             out[topic["topic"]] = sorted(p["partition"] for p in topic["partitions"])
     return out
+
+
+async def home_partition_count(settings: Settings) -> int:
+    """The partition count every event topic and the repartition topic share (Redis Cluster mode).
+
+    An event's home partition is its routing key's murmur2 modulo this count
+    (`stream.kafka.routing`), and partition p of every one of these topics feeds partition
+    group p: with another count anywhere, a customer's events would meet in no group.
+    Raises KafkaAccessError: "topic" (one missing: `crm-kpi topics create`) or "config"
+    (counts differ: an operator must act), with one line naming the topics and counts.
+    """
+    names = [*settings.event_topics(), settings.repartition_topic]
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings))
+    await admin.start()
+    try:
+        found = await partitions_of(admin, names)
+    finally:
+        await admin.close()
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise KafkaAccessError(
+            "topic",
+            f"topic(s) {', '.join(missing)} do not exist on {settings.kafka_bootstrap_servers}: "
+            "run `crm-kpi topics create` (clients never create topics)",
+        )
+    counts = {name: len(found[name]) for name in names}
+    if len(set(counts.values())) > 1:
+        common = max(set(counts.values()), key=list(counts.values()).count)
+        odd = ", ".join(f"{name} has {n}" for name, n in counts.items() if n != common)
+        raise KafkaAccessError(
+            "config",
+            f"with CRM_KPI_REDIS_CLUSTER the event topics and {settings.repartition_topic} need one partition "
+            f"count, but {odd} (the others {common}): see docs/runbooks.md#topic-partition-count-differs",
+        )
+    return counts[names[0]]

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import redis.exceptions
@@ -27,12 +28,14 @@ from stream.events.decode import Rejection, decode
 from stream.events.fold import FoldContext, FoldMemo, entity_keys, fold
 from stream.events.windows import Window
 from stream.kafka.logs import Fingerprint
+from stream.kafka.routing import home_partition, routing_key
 from stream.kpis import fold_rules
 from stream.settings import Settings
 from stream.store import AsyncStore, BatchRead, Keys, LogMark, event_digest
 from stream.store.connection import describe_redis_error
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
+from stream.worker.repartition import Forward, Repartition
 
 __all__ = ["BatchProcessor", "OffsetConflict", "Prepared", "Span", "Stopping", "offset_field"]
 
@@ -55,6 +58,7 @@ _REDIS_DOWN = (
 # Refusals no retry fixes until an operator acts: wrong password, missing ACL rights.
 _REDIS_REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError)
 _MAX_BACKOFF_S = 5.0
+_HOME_CACHE = 200_000  # routing keys whose home partition is remembered (~25 MB at most)
 # Retry interval of a failure that needs an operator (credentials, certificates, ACLs):
 # often enough to resume soon after the fix, rarely enough not to hammer the server.
 _PERMANENT_RETRY_S = 30.0
@@ -113,6 +117,10 @@ class Prepared:
     group: int = 0  # the partition group (Kafka partition number) of every record here
     # The send of `rejected` to the dead-letter topic, once started (BatchProcessor.send_dead_letters).
     dead_lettered: asyncio.Future[None] | None = None
+    # Valid events read off their home partition (Redis Cluster): forwarded, not folded here.
+    forward: list[Forward] = dataclass_field(default_factory=list)
+    # Their send to the repartition topic, once started (BatchProcessor.send_forwards).
+    forwarded: asyncio.Future[None] | None = None
 
 
 class BatchProcessor:
@@ -126,7 +134,12 @@ class BatchProcessor:
         metrics: WorkerMetrics,
         windows: tuple[Window, ...],
         keys: Keys,
+        repartition: Repartition | None = None,
+        home_partitions: int = 0,
     ) -> None:
+        """`repartition` and `home_partitions` (the event topics' partition count): in the spread
+        layout (Redis Cluster), valid events read off their home partition are forwarded there
+        (`stream.worker.repartition`); without them, or on a single Redis, nothing is."""
         self.settings = settings
         self.store = store
         self.dead_letters = dead_letters
@@ -134,6 +147,11 @@ class BatchProcessor:
         self.windows = windows
         self.keys = keys
         self._family = settings.event_topics()
+        self.repartition = repartition
+        self._internal = repartition.topic if repartition is not None else None
+        self._homes = home_partitions if keys.spread and repartition is not None else 0
+        # Routing key -> home partition: customers recur across batches, and murmur2 is pure Python.
+        self._home_of: dict[bytes, int] = {}
         self._rules = fold_rules(settings.kpi_config())
         self._max_skew_us = int(settings.max_future_skew * 1_000_000)
         self._memo = FoldMemo()
@@ -195,19 +213,38 @@ class BatchProcessor:
         rejected: list[tuple[Any, Rejection]] = []
         ranges: list[tuple[str, int, int, str]] = []
         newest: dict[str, int] = {}
+        forward: list[Forward] = []
         max_bytes = self.settings.max_event_bytes
+        homes = self._homes
         for tp, records in batch.items():
             field = offset_field(tp.topic, tp.partition)
             floor = expected.get(field, -1)
-            family = self._family[tp.topic]
+            # The repartition topic's records are decoded as read on their source topic (a
+            # wrong_topic check needs the original topic), and never forwarded again.
+            internal = tp.topic == self._internal
+            family = "" if internal else self._family[tp.topic]
+            here = tp.partition if homes and not internal else -1
+            home_of = self._home_of
+            if len(home_of) > _HOME_CACHE:
+                home_of.clear()
             last = -1
             top = -1
             for rec in records:
                 if rec.offset < floor:
                     continue
                 last = rec.offset
+                if internal:
+                    family = self._source_family(rec)
                 out = decode(rec.value, family, now_us, max_bytes, self._max_skew_us)
                 if type(out) is tuple:
+                    if here >= 0:
+                        key = routing_key(out[0])
+                        home = home_of.get(key, -1)
+                        if home < 0:
+                            home = home_of[key] = home_partition(key, homes)
+                        if home != here:
+                            forward.append((rec, home, key))
+                            continue
                     valid.append(out)
                     if out[1] > top:
                         top = out[1]
@@ -243,7 +280,15 @@ class BatchProcessor:
             time.perf_counter() - started,
             newest,
             group,
+            forward=forward,
         )
+
+    def _source_family(self, record: Any) -> str:
+        """The family of the topic a repartition-topic record was first read on ("" if its header names none)."""
+        for name, value in record.headers or ():
+            if name == "source_topic":
+                return self._family.get(value.decode(errors="replace"), "")
+        return ""
 
     async def read_all(self, parts: Sequence[Prepared]) -> list[BatchRead]:
         """Each group's read before its fold (`read_batch`), concurrently (one script call per group)."""
@@ -291,15 +336,34 @@ class BatchProcessor:
             sending.add_done_callback(lambda done: done.cancelled() or done.exception())
             prep.dead_lettered = sending
 
+    def send_forwards(self, prep: Prepared) -> None:
+        """Start forwarding the batch's events read off their home partition (retried through outages).
+
+        Like the dead letters: started as soon as the batch is prepared, awaited by `apply`
+        before its Redis write records the source offsets.
+        """
+        if prep.forward and prep.forwarded is None and self.repartition is not None:
+            forward, repartition = prep.forward, self.repartition
+            sending = asyncio.ensure_future(self._retry(lambda: repartition.send(forward), "repartition send"))
+            sending.add_done_callback(lambda done: done.cancelled() or done.exception())
+            prep.forwarded = sending
+
+    def send_ahead(self, prep: Prepared) -> None:
+        """Start every Kafka send the batch's Redis write waits for: dead letters and forwards."""
+        self.send_dead_letters(prep)
+        self.send_forwards(prep)
+
     @staticmethod
     def discard(prep: Prepared) -> None:
-        """Forget a prepared batch that will not be applied (a resync drops it): stop its dead-letter send.
+        """Forget a prepared batch that will not be applied (a resync drops it): stop its Kafka sends.
 
-        Letters already acked stay in the topic; the batch's records are read and sent again
-        (the topic is written at least once, docs/events.md).
+        Letters (and forwards) already acked stay in their topic; the batch's records are read
+        and sent again (those topics are written at least once; the home group's dedupe drops
+        a forwarded event's second copy).
         """
-        if prep.dead_lettered is not None:
-            prep.dead_lettered.cancel()
+        for sending in (prep.dead_lettered, prep.forwarded):
+            if sending is not None:
+                sending.cancel()
 
     async def apply(self, prep: Prepared, expected: Mapping[str, int], read: BatchRead | None = None) -> dict[str, int]:
         """The I/O half: dead letters, then one atomic Redis write (plus the batch's read).
@@ -322,6 +386,11 @@ class BatchProcessor:
             self.send_dead_letters(prep)  # unless the consumer started it already
             assert prep.dead_lettered is not None
             await prep.dead_lettered
+        # So are the events forwarded to their home partition (same rule, same reason).
+        if prep.forward:
+            self.send_forwards(prep)
+            assert prep.forwarded is not None
+            await prep.forwarded
 
         # Repeats inside the batch were dropped by prepare; repeats of earlier batches
         # (redeliveries, another worker's copy) are answered by the read before the fold
@@ -366,6 +435,9 @@ class BatchProcessor:
         if rejected:
             for reason, n in Counter(r.reason for _, r in rejected).items():
                 m.invalid.labels(reason).inc(n)
+        if prep.forward:
+            for topic, n in Counter(rec.topic for rec, _, _ in prep.forward).items():
+                m.repartitioned.labels(topic).inc(n)
         m.applied(prep.newest)
         m.batch_seconds.observe(prep.seconds + time.perf_counter() - started)
         return {field: new for field, _, new in offsets}

@@ -30,7 +30,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from stream.events.windows import make_windows
 from stream.kafka.clients import KafkaAccessError, check_kafka, kafka_client_options
 from stream.kafka.logs import LogProbe, Verdict, fetch_target, judge, needs_record
-from stream.kafka.topics import MissingTopicsError, require_topics
+from stream.kafka.topics import MissingTopicsError, home_partition_count, require_topics
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys, LogMark
 from stream.store.connection import AsyncClient, async_client, describe_redis_error
@@ -38,6 +38,7 @@ from stream.store.writer import lua_script
 from stream.worker.batch import _REDIS_DOWN, BatchProcessor, OffsetConflict, Span, Stopping, offset_field
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
+from stream.worker.repartition import Repartition
 
 __all__ = ["BatchConsumer", "redis_client"]
 
@@ -111,7 +112,11 @@ class BatchConsumer(Service):
         self.settings = settings
         self.metrics = metrics
         metrics.gap_horizon_s = settings.longest_window
-        self.topics = list(settings.event_topics())
+        # Redis Cluster: events read off their home partition are forwarded through the
+        # repartition topic, whose partition p feeds partition group p like any event topic.
+        self.topics = settings.consumed_topics()
+        self.repartition = settings.redis_cluster
+        self._home_partitions = 0  # the topics' common partition count (cluster mode), checked at start
         self._expected: dict[str, int] = {}  # next offset per partition field, as Redis says
         # Where the consumer's next fetch of each owned partition starts: set by every seek,
         # moved by every batch. A batch's span starts there, so a gap cannot go unseen.
@@ -177,10 +182,12 @@ class BatchConsumer(Service):
         self._processor = BatchProcessor(
             s,
             self._store,
-            DeadLetters(self._producer, s.dead_letter_topic),
+            DeadLetters(self._producer, s.dead_letter_topic, s.repartition_topic if self.repartition else None),
             self.metrics,
             make_windows(s.windows),
             keys,
+            Repartition(self._producer, s.repartition_topic) if self.repartition else None,
+            self._home_partitions,
         )
         try:
             await require_topics(s, [*self.topics, s.dead_letter_topic])
@@ -216,9 +223,13 @@ class BatchConsumer(Service):
         s = self.settings
         health = self.metrics.health
         try:
-            await check_kafka(s, read=self.topics, write=[s.dead_letter_topic], group=s.kafka_group_id)
+            await check_kafka(s, read=self.topics, write=self._writes(), group=s.kafka_group_id)
+            if self.repartition:
+                self._home_partitions = await home_partition_count(s)
         except KafkaAccessError as exc:
             return "kafka", exc.kind, str(exc), exc.permanent
+        except (KafkaError, OSError, TimeoutError) as exc:
+            return "kafka", "unreachable", f"could not read the topics' partition counts ({exc})", False
         health.recovered("kafka")
         client = redis_client(s)
         try:
@@ -233,6 +244,11 @@ class BatchConsumer(Service):
             await client.aclose()
         health.recovered("redis")
         return None
+
+    def _writes(self) -> list[str]:
+        """The topics the worker writes: dead letters, and in cluster mode the repartition topic."""
+        s = self.settings
+        return [s.dead_letter_topic, *([s.repartition_topic] if self.repartition else [])]
 
     async def on_stop(self) -> None:
         if self._processor is not None:
@@ -316,8 +332,8 @@ class BatchConsumer(Service):
             batch = {tp: recs for tp, recs in batch.items() if tp in spans}
             prepared = processor.prepare(batch, self._expected, spans) if batch else []
             for part in prepared:
-                # Kafka acks this batch's dead letters while the previous batch is written.
-                processor.send_dead_letters(part)
+                # Kafka acks this batch's dead letters and forwards while the previous batch is written.
+                processor.send_ahead(part)
             if not await self._finish_inflight():
                 for part in prepared:
                     processor.discard(part)

@@ -123,6 +123,13 @@ class WorkerMetrics:
         self.late = Counter(
             "crm_events_late_total", "Events older than the longest window (no window changed).", registry=r
         )
+        self.repartitioned = Counter(
+            "crm_events_repartitioned_total",
+            "Valid events read off their home partition (Redis Cluster) and forwarded there through the"
+            " repartition topic, by the topic they were read on.",
+            ["topic"],
+            registry=r,
+        )
         self.redis_errors = Counter("crm_redis_errors_total", "Failed Redis calls (retried with backoff).", registry=r)
         self.conflicts = Counter(
             "crm_batch_conflicts_total",

@@ -152,7 +152,7 @@ async def test_topics_create_makes_the_configured_partitions(
 ) -> None:
     env = stack_env(apache_kafka.bootstrap, redis_url, prefix, topic_partitions="3")
     settings = settings_of(env)
-    names = [*settings.event_topics(), settings.dead_letter_topic]
+    names = [*settings.event_topics(), settings.dead_letter_topic, settings.repartition_topic]
 
     def topics_create() -> str:
         run = subprocess.run(

@@ -736,7 +736,7 @@ async def test_no_client_creates_a_topic_and_topics_create_reports_other_partiti
     kafka = apache_kafka_factory(partitions=2, properties={"auto.create.topics.enable": "true"})
     env = _env(kafka.bootstrap, redis_url, prefix)
     settings = settings_of(env)
-    names = [*settings.event_topics(), settings.dead_letter_topic]
+    names = [*settings.event_topics(), settings.dead_letter_topic, settings.repartition_topic]
     worker = WorkerProcess(env, "worker", tmp_path / "worker.log").start()
     try:
         events, _ = make_stream(10, seed=1, now=datetime.now(UTC))

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,14 +25,26 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.cluster import RedisCluster as ClusterClient
 
 from bench.reference_catalog import expected, make_stream
 from schemas import TOPIC_FAMILY
 from stream.devtools.servers import free_port
-from stream.kafka.topics import create_topics
+from stream.kafka.routing import home_partition
+from stream.kafka.topics import create_topics, ensure_topics
 from stream.store.keys import Keys
-from tests.support.harness import WorkerProcess, produce, scrape, settings_of, stack_env, stored_offsets, wait_for
+from stream.worker.repartition import Repartition
+from tests.support.harness import (
+    WorkerProcess,
+    produce,
+    scrape,
+    settings_of,
+    stack_env,
+    stored_offsets,
+    wait_for,
+)
 from tests.support.redis_cluster import RedisCluster
 from tests.support.series import assert_series_match, kpi_series
 
@@ -237,3 +251,144 @@ async def test_three_workers_on_a_cluster_give_the_figures_of_one_worker_on_one_
             w.stop()
         await on_cluster.aclose()
         await on_one.aclose()
+
+
+async def _send(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> list[TopicPartition]:
+    """Send (topic, key, value) in order with the default partitioner; the partition of each, in order."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        futures = [await producer.send(t, value=v, key=k) for t, k, v in messages]
+        return [TopicPartition(md.topic, md.partition) for md in [await f for f in futures]]
+    finally:
+        await producer.stop()
+
+
+async def _log_ends(bootstrap: str, topic: str) -> dict[Any, int]:
+    """Each partition's end offset as a fetch reports it (Tansu answers ListOffsets "latest" wrongly)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+
+        async def known() -> bool:
+            await consumer.getmany(timeout_ms=200, max_records=1)
+            return all(consumer.highwater(tp) is not None for tp in tps)
+
+        await wait_for(known, 60, f"the end offsets of {topic}")
+        return {tp: consumer.highwater(tp) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+def _home(event: dict[str, Any]) -> int:
+    return home_partition(str(event.get("customer_id", event["event_id"])).encode(), PARTITIONS)
+
+
+async def test_events_keyed_otherwise_meet_at_home_through_the_repartition_topic(
+    kafka_bootstrap: str, cluster: RedisCluster, prefix: str, tmp_path: Path
+) -> None:
+    """Every event keyed by its event_id (a ticket opened and answered land on two partitions), and
+    some redelivered under another key: the worker forwards each event read off its home partition
+    through the repartition topic, and every series equals the reference. Forwards that a crashed
+    worker left behind (acked by Kafka, their source offsets not yet in Redis: the next start
+    forwards them again) and a SIGKILL mid-stream are absorbed by the home group's dedupe."""
+    now = datetime.now(UTC)
+    events, published = make_stream(20_000, seed=34, now=now, headroom_s=HEADROOM_S)
+    env = _env(kafka_bootstrap, cluster.url, prefix)
+    settings = settings_of(env)
+    await create_topics(settings)
+    rnd = random.Random(34)
+    messages = [
+        (settings.topic(TOPIC_FAMILY[e["type"]]), e["event_id"].encode(), json.dumps(e).encode()) for e in published
+    ]
+    homes = [_home(e) for e in published]
+    for i in sorted(rnd.sample(range(len(messages)), len(messages) // 30), reverse=True):
+        topic, key, value = messages[i]  # a redelivery under another key, some time after its original
+        at = rnd.randrange(i + 1, len(messages) + 1)
+        messages.insert(at, (topic, b"retry:" + key, value))
+        homes.insert(at, homes[i])
+    where = await _send(kafka_bootstrap, messages)
+    ends: dict[Any, int] = {}
+    for tp in where:
+        ends[tp] = ends.get(tp, 0) + 1  # fresh topics: a partition's end is its record count
+    off_home = [j for j, tp in enumerate(where) if tp.partition != homes[j]]
+    assert len(off_home) > len(messages) // 2  # most customers' events are not on their home partition
+
+    # What a worker killed between forwarding a batch and recording its offsets leaves behind: the
+    # forwards are in the repartition topic, and the restarted worker reads the batch and forwards again.
+    left = set(off_home[:500])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        offsets: dict[Any, int] = {}
+        records = []
+        for j, tp in enumerate(where):
+            offsets[tp] = offsets.get(tp, -1) + 1
+            if j in left:
+                value = messages[j][2]
+                record = SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=offsets[tp], value=value)
+                event = json.loads(value)
+                records.append((record, homes[j], str(event.get("customer_id", event["event_id"])).encode()))
+        await Repartition(producer, settings.repartition_topic).send(records)
+    finally:
+        await producer.stop()
+
+    client = aiocluster.RedisCluster.from_url(cluster.url)
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(env, "worker", log).start()
+    try:
+        await wait_for(lambda: _at_least(client, prefix, 0.25 * len(messages)), 120, "25% applied")
+        worker.kill()  # SIGKILL: between a forward and its batch's write, or anywhere else
+        worker = WorkerProcess(env, "worker", log).start()
+        await wait_for(lambda: _all_applied(client, prefix, ends), 240, "every event topic record applied")
+        # Every forward was acked before its source offsets were recorded: all are in the topic now.
+        forwarded = await _log_ends(kafka_bootstrap, settings.repartition_topic)
+        assert sum(forwarded.values()) >= len(off_home) + len(left)
+        await wait_for(lambda: _all_applied(client, prefix, forwarded), 240, "every forwarded record applied")
+        ops = scrape(f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics")
+        assert sum(v for (name, _), v in ops.items() if name == "crm_events_repartitioned_total") > 0
+        assert ops[("crm_events_duplicate_total", ())] > 0
+        _check(await _figures(env, tmp_path / "exporter.log"), events, now)
+    finally:
+        worker.stop()
+        await client.aclose()
+
+
+async def test_a_cluster_worker_refuses_topics_of_different_partition_counts(
+    kafka_bootstrap: str, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """One ERROR line naming the odd topic, `crm_worker_misconfigured` 1, nothing consumed (Kafka is
+    checked before Redis: a single Redis's URL is enough to reach the check)."""
+    env = _env(kafka_bootstrap, redis_url, prefix)
+    settings = settings_of(env)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.repartition_topic, 4, 1)])
+    finally:
+        await admin.close()
+    assert (await ensure_topics(settings)).mismatched == {settings.repartition_topic: 4}
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(env, "worker", log).start()
+    url = f"http://127.0.0.1:{env['CRM_KPI_WORKER_PORT']}/metrics"
+
+    async def misconfigured() -> bool:
+        try:
+            return scrape(url).get(("crm_worker_misconfigured", ())) == 1
+        except OSError:
+            return False
+
+    try:
+        await wait_for(misconfigured, 60, "crm_worker_misconfigured 1")
+        line = (
+            f"cannot start: with CRM_KPI_REDIS_CLUSTER the event topics and {settings.repartition_topic} need one "
+            f"partition count, but {settings.repartition_topic} has 4 (the others {PARTITIONS}): "
+            "see docs/runbooks.md#topic-partition-count-differs"
+        )
+        assert sum(line in text for text in log.read_text().splitlines()) == 1, log.read_text()[-3000:]
+    finally:
+        worker.stop()

@@ -64,7 +64,8 @@ async def test_topics_publish_and_consume_through_each_variant(
     acls = secure_kafka.grant_all(secure_kafka.principal(variant), f"{prefix}.", f"{prefix}-")
     try:
         created = await create_topics(settings)
-        assert sorted(created) == sorted([*settings.event_topics(), settings.dead_letter_topic])
+        topics = [*settings.event_topics(), settings.dead_letter_topic, settings.repartition_topic]
+        assert sorted(created) == sorted(topics)
         await check_kafka(
             settings, read=list(settings.event_topics()), write=[settings.dead_letter_topic],
             group=settings.kafka_group_id,

@@ -60,12 +60,16 @@ def _worker_acls(kafka: SecureKafka, prefix: str, variant: str) -> list[Acl]:
     acls = acls_from_commands(
         DOCS,
         replace={
-            "crm.dead-letter": f"{prefix}.dead-letter", "crm.": f"{prefix}.", "crm-kpi-worker": f"{prefix}-workers"
+            "crm.dead-letter": f"{prefix}.dead-letter",
+            "crm.repartition": f"{prefix}.repartition",
+            "crm.": f"{prefix}.",
+            "crm-kpi-worker": f"{prefix}-workers",
         },
         principals={"User:crm-kpi-worker": kafka.principal(variant)},
     )
     mine = [a for a in acls if a.principal == kafka.principal(variant)]
-    assert len(mine) == 5, mine  # Read+Describe on the topics, Read on the group, Write+Describe on dead-letter
+    # Read+Describe on the topics, Read on the group, Write+Describe on dead-letter and on repartition
+    assert len(mine) == 7, mine
     return mine
 
 
@@ -202,7 +206,7 @@ async def test_worker_names_the_missing_right_and_turns_unhealthy(
     worker_env, _ = _stack(secure_kafka, secure_redis, web_files, prefix, tmp_path, variant)
     await create_topics(settings_of(_plaintext(secure_kafka, worker_env)))
     acls = _worker_acls(secure_kafka, prefix, variant)
-    write_dead_letters = [a for a in acls if a.operation == "Write"]
+    write_dead_letters = [a for a in acls if a.operation == "Write" and a.name == f"{prefix}.dead-letter"]
     secure_kafka.grant([a for a in acls if a not in write_dead_letters])
     log = tmp_path / "worker.log"
     worker = WorkerProcess(worker_env, "worker", log).start()
