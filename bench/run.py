@@ -267,16 +267,21 @@ async def run_ceiling(s: Settings, total: int, group: str, with_decode: bool) ->
     return {"rate": total / (last - first)}
 
 
-async def run_latency(kafka: str, redis_url: str, logs: Path, rate: float, seconds: float) -> dict[str, Any]:
-    """p50/p99 from publish to the effect being in Redis (what the exporter reads), at a fixed rate."""
-    s = _settings(kafka, redis_url, "benchlat.", "benchlat", batch_timeout_ms=5)
+async def run_latency(
+    kafka: str, redis_url: str, logs: Path, rate: float, seconds: float, name: str = "benchlat"
+) -> dict[str, Any]:
+    """p50/p99 from publish to the effect being in Redis (what the exporter reads), at a fixed rate.
+
+    `name`: the topic and key prefix (and the consumer group's name); a fresh one per run,
+    else a run starts behind the records of the one before."""
+    s = _settings(kafka, redis_url, f"{name}.", name, batch_timeout_ms=5)
     await create_topics(s)
     client = aioredis.Redis.from_url(redis_url)
     events, _ = make_stream(int(rate * seconds), seed=5, now=datetime.now(UTC))
-    proc = _spawn(["stream", "worker"], _env(s, CRM_KPI_BATCH_TIMEOUT_MS="5"), logs / "worker-latency.log")
+    proc = _spawn(["stream", "worker"], _env(s, CRM_KPI_BATCH_TIMEOUT_MS="5"), logs / f"worker-{name}.log")
     try:
         warm = await publish(s, events[:10])
-        while sum((await _applied_offsets_async(client, "benchlat")).values()) < sum(warm.values()):
+        while sum((await _applied_offsets_async(client, name)).values()) < sum(warm.values()):
             await asyncio.sleep(0.05)
         producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=1, acks=1)
         await producer.start()
@@ -286,7 +291,7 @@ async def run_latency(kafka: str, redis_url: str, logs: Path, rate: float, secon
 
         async def poll() -> None:
             while not stop.is_set():
-                raw = await _applied_offsets_async(client, "benchlat")
+                raw = await _applied_offsets_async(client, name)
                 t = time.perf_counter()
                 for field, off in raw.items():
                     if off > seen.get(field, -1):
