@@ -42,9 +42,6 @@ TICKETS: Final = frozenset("TCX")
 POINTS: Final = {"C": 2, "X": 3, "N": 2, "S": 2, "E": 1}
 """Points of an item by code, besides the ticket rule (a plain ticket "T" scores only through it)."""
 FREE_TICKETS: Final = 3
-_TICKETS: Final = TICKETS
-_POINTS: Final = POINTS
-_FREE_TICKETS: Final = FREE_TICKETS
 _LABEL: Final = {
     "C": "complaint ticket",
     "X": "cancellation ticket",
@@ -78,8 +75,8 @@ def item_of(event: Any) -> tuple[str, str]:
 
 
 def _score(counts: Counter[str]) -> int:
-    tickets = sum(counts[c] for c in _TICKETS)
-    return sum(_POINTS[c] * counts[c] for c in _POINTS) + max(0, tickets - _FREE_TICKETS)
+    tickets = sum(counts[c] for c in TICKETS)
+    return sum(POINTS[c] * counts[c] for c in POINTS) + max(0, tickets - FREE_TICKETS)
 
 
 def points(items: Iterable[Item], now_us: int) -> int:
@@ -90,8 +87,8 @@ def points(items: Iterable[Item], now_us: int) -> int:
 def reasons(items: Iterable[Item], now_us: int) -> list[dict[str, Any]]:
     """What makes up the points at `now_us`: [{'reason', 'count', 'points'}], largest first."""
     counts = Counter(code for t, code, _ in items if t > now_us - WINDOW_US)
-    out = [{"reason": _LABEL[c], "count": counts[c], "points": _POINTS[c] * counts[c]} for c in _POINTS if counts[c]]
-    extra = sum(counts[c] for c in _TICKETS) - _FREE_TICKETS
+    out = [{"reason": _LABEL[c], "count": counts[c], "points": POINTS[c] * counts[c]} for c in POINTS if counts[c]]
+    extra = sum(counts[c] for c in TICKETS) - FREE_TICKETS
     if extra > 0:
         out.append({"reason": _LABEL["T"], "count": extra, "points": extra})
     return sorted(out, key=lambda r: (-r["points"], r["reason"]))
@@ -116,10 +113,10 @@ def expiry_us(items: Sequence[Item], threshold: int) -> int | None:
         t = items[i][0]
         while i >= 0 and items[i][0] == t:
             code = items[i][1]
-            fixed += _POINTS.get(code, 0)
-            tickets += code in _TICKETS
+            fixed += POINTS.get(code, 0)
+            tickets += code in TICKETS
             i -= 1
-        extra = tickets - _FREE_TICKETS
+        extra = tickets - FREE_TICKETS
         if fixed + (extra if extra > 0 else 0) >= threshold:  # not max(): a call per group of times
             return t + WINDOW_US
     return None
