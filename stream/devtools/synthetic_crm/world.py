@@ -147,4 +147,6 @@ INCIDENT_ALERTS: Final[dict[str, frozenset[str]]] = {
     "slow-responses": frozenset({"CrmKpiTicketsAwaitingOverSla", "CrmKpiFirstResponseSlaBreachRatioHigh"}),
     "churn-spike": frozenset({"CrmKpiChurnSpike", "CrmKpiNpsDrop"}),
 }
-"""The shipped alerts each incident makes fire once it has run for 12 hours (tests/integration/monitoring/)."""
+"""The shipped alerts each incident makes fire once it has run for 12 hours, on a weekday at 15:00 UTC
+(tests/integration/monitoring/). The 24h windows' mix follows the time of day: run into the evening, a
+churn spike also pulls the 24h CSAT under its threshold (CrmKpiCsatLow)."""

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -41,9 +40,23 @@ SEED = 20261126
 _FAILED = re.compile(r"alertname: (\w+), time: (\S+), ")
 
 
+def _replay_end() -> float:
+    """The replay's end (its virtual "now"): the next Wednesday 15:00 UTC.
+
+    A fixed moment of the week, so the alerts evaluated do not depend on when the suite
+    runs: a KPI window's mix follows the time of day (in the evening the tickets answered
+    in the last hour are the afternoon's slow tail; a 24h window then holds more of an
+    incident begun 12 hours before). In the future, not the past: the replay's writes set
+    absolute expiry times from the virtual clock.
+    """
+    now = datetime.now(UTC)
+    end = (now + timedelta(days=(2 - now.weekday()) % 7)).replace(hour=15, minute=0, second=0, microsecond=0)
+    return (end if end > now else end + timedelta(days=7)).timestamp()
+
+
 async def _scrapes(redis_url: str, prefix: str, incidents: frozenset[str]) -> Scrapes:
     opts = DemoOptions()
-    end_s = float(int(time.time()) // 60 * 60)
+    end_s = _replay_end()
     start = datetime.fromtimestamp(end_s - opts.history_s, UTC)
     config = SimConfig(
         seed=SEED,
