@@ -82,8 +82,11 @@ class FoldMemo:
     Bounded to `limit` entities: the least recently written leave first, so the
     busy entities (a large customer's churn-risk items) stay. `fold` takes the
     entries of the entities a batch changes out of the memo and updates their
-    states in place (no copy); `remember` puts them back once Redis accepted the
-    write, so after a refused write they are decoded afresh.
+    states in place (no copy); `remember` puts them back under their new raw
+    values. The worker remembers a batch as soon as it is folded, so that the next
+    batch, folded while this one is written, finds them; if that write is refused,
+    Redis never holds those raw values, so the entries match nothing and the
+    states are decoded afresh.
     """
 
     def __init__(self, limit: int = 20_000) -> None:
@@ -91,7 +94,7 @@ class FoldMemo:
         self.entries: dict[str, tuple[str, EntityState, Contribution]] = {}  # key -> (raw, state, contribution)
 
     def remember(self, delta: BatchDelta) -> None:
-        """Record the entity states `delta` wrote (call once Redis accepted it)."""
+        """Record the entity states `delta` writes (each under its new raw value)."""
         entries, writes = self.entries, delta.entity_writes
         for key, (state, contribution) in delta.contributions.items():
             entries.pop(key, None)  # re-inserted last: dicts keep insertion order
@@ -227,9 +230,9 @@ def fold(
     `states` maps every key of `entity_keys` to its raw value (None if absent).
     Late events (older than the longest window) change no window but still
     update entity state, which counts every valid event however old. `memo`
-    only saves work: the caller records the delta's entity writes in it once
-    Redis has accepted them (`FoldMemo.remember`), and fold then skips decoding
-    those states and recomputing what they contributed.
+    only saves work: the caller records the delta's entity writes in it
+    (`FoldMemo.remember`), and fold then skips decoding those states and
+    recomputing what they contributed when Redis hands back those raw values.
     """
     remembered = memo.entries if memo is not None else {}
     delta = BatchDelta()

@@ -25,7 +25,7 @@ import redis.exceptions
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from stream.events.decode import Rejection, decode
-from stream.events.fold import FoldContext, FoldMemo, entity_keys, fold
+from stream.events.fold import BatchDelta, FoldContext, FoldMemo, entity_keys, fold
 from stream.events.windows import Window
 from stream.kafka.logs import Fingerprint
 from stream.kafka.routing import home_partition, routing_key
@@ -37,7 +37,7 @@ from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.repartition import Forward, Repartition
 
-__all__ = ["BatchProcessor", "OffsetConflict", "Prepared", "Span", "Stopping", "offset_field"]
+__all__ = ["BatchProcessor", "Folded", "OffsetConflict", "Prepared", "Span", "Stopping", "offset_field"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,44 @@ class Prepared:
     forward: list[Forward] = dataclass_field(default_factory=list)
     # Their send to the repartition topic, once started (BatchProcessor.send_forwards).
     forwarded: asyncio.Future[None] | None = None
+    # Read ahead (BatchProcessor.read_ahead): the read in flight, and this group's parts of the
+    # batches not yet written when it was sent (newest first), whose folds supply what it skips.
+    reading: asyncio.Future[BatchRead] | None = None
+    basis: list[Prepared] = dataclass_field(default_factory=list)
+    # The fold done ahead of the write (BatchProcessor.fold_read), and the states it folded over.
+    folded: Folded | None = None
+    states: dict[str, str | None] = dataclass_field(default_factory=dict)
+    # The delta Redis accepted for this group (set by `apply`).
+    written: BatchDelta | None = None
+
+    key_set: frozenset[str] = dataclass_field(init=False)  # entity_keys
+    digest_set: frozenset[bytes] = dataclass_field(init=False)  # digests
+
+    def __post_init__(self) -> None:
+        self.key_set = frozenset(self.entity_keys)
+        self.digest_set = frozenset(self.digests)
+
+    def state_after(self, key: str) -> str | None:
+        """The raw state of one of this part's entity keys once its fold ahead is written."""
+        assert self.folded is not None
+        written = self.folded.delta.entity_writes.get(key)
+        return written[1] if written is not None else self.states.get(key)
+
+
+@dataclass
+class Folded:
+    """One group's fold, ready for its atomic write: the delta and the events it holds.
+
+    `unique` and `digests` are the prepared ones less the `dropped` ids that the read
+    before the fold found recorded already (or that the batch in flight records).
+    `now_s` is the clock the fold and the write's dedupe slots use (unix s).
+    """
+
+    delta: BatchDelta
+    unique: list[tuple[Any, int]]
+    digests: list[bytes]
+    dropped: int
+    now_s: float
 
 
 class BatchProcessor:
@@ -173,7 +211,10 @@ class BatchProcessor:
         stored). Records below it were applied already and are skipped.
         Raises OffsetConflict when Redis disagrees (the caller re-seeks).
         """
-        return await self.apply_all(self.prepare(batch, expected, spans), expected)
+        parts = self.prepare(batch, expected, spans)
+        self.read_ahead(parts)
+        await self.fold_read(parts)
+        return await self.apply_all(parts, expected)
 
     def prepare(
         self,
@@ -290,26 +331,96 @@ class BatchProcessor:
                 return self._family.get(value.decode(errors="replace"), "")
         return ""
 
-    async def read_all(self, parts: Sequence[Prepared]) -> list[BatchRead]:
-        """Each group's read before its fold (`read_batch`), concurrently (one script call per group)."""
-        return list(await asyncio.gather(*(self.read_batch(p) for p in parts)))
+    def read_ahead(self, parts: Sequence[Prepared], pending: Sequence[Sequence[Prepared]] = ()) -> None:
+        """Send each group's read (`read_batch`) now, before the batches in `pending` are written.
 
-    async def apply_all(
-        self,
-        parts: Sequence[Prepared],
-        expected: Mapping[str, int],
-        reads: Sequence[BatchRead | None] | None = None,
-    ) -> dict[str, int]:
+        `pending` holds the batches not yet written, newest first: at most the one read
+        ahead but not folded yet, and the one being written. The read may run before or
+        after their writes, so it skips the entity keys they touch: `fold_read` takes those
+        states from their folds, and treats their ids as recorded. Every other key their
+        writes leave alone. Their folds must be written exactly as folded: `settle` checks.
+        """
+        for prep in parts:
+            if not prep.ranges:
+                continue
+            prep.basis = [below for batch in pending for below in batch if below.group == prep.group and below.ranges]
+            keys = prep.entity_keys
+            if prep.basis:
+                skip = frozenset().union(*(below.key_set for below in prep.basis))
+                keys = [k for k in keys if k not in skip]
+            reading = asyncio.ensure_future(self._read(prep.group, keys, prep.digests, time.time()))
+            # A batch dropped before its fold (a resync, a stop) never awaits it: not an unhandled error.
+            reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+            prep.reading = reading
+
+    async def fold_read(self, parts: Sequence[Prepared]) -> None:
+        """Fold each group of a batch over what its read ahead returned and the folds of the batches below it.
+
+        A group whose basis has a batch without a fold ahead (it was refused and folded
+        again, or never folded ahead) is left to `apply`, which reads and folds afresh.
+        """
+        for prep in parts:
+            if prep.reading is None:
+                continue
+            read, prep.reading = await prep.reading, None
+            basis = prep.basis
+            if any(below.folded is None for below in basis):
+                continue
+            states, recorded = read.states, read.recorded
+            if basis:
+                for key in prep.entity_keys:
+                    for below in basis:
+                        if key in below.key_set:
+                            states[key] = below.state_after(key)
+                            break
+                recording = frozenset().union(*(below.digest_set for below in basis))
+                recorded = recorded.union(j for j, d in enumerate(prep.digests) if d in recording)
+            prep.folded = self._fold(prep.group, prep.unique, prep.digests, BatchRead(states, recorded), time.time())
+            prep.states = states
+
+    @staticmethod
+    def settle(prep: Prepared) -> None:
+        """Once the batch before is written: keep `prep`'s fold ahead only if its basis was written as folded."""
+        basis, prep.basis = prep.basis, []  # no chain of batches kept alive
+        if any(below.folded is None or below.written is not below.folded.delta for below in basis):
+            prep.folded = None
+
+    def _fold(
+        self, group: int, unique: list[tuple[Any, int]], digests: list[bytes], read: BatchRead, now_s: float
+    ) -> Folded:
+        """Fold `unique` less the ids `read` found recorded over the states it read."""
+        dropped = len(read.recorded)
+        if dropped:
+            unique, digests = _without(read.recorded, unique, digests)
+        delta = fold(unique, read.states, self._context(now_s, group), self._memo)
+        # Remembered before the write is accepted, so that the next batch, folded while this
+        # one is written, finds these states. The memo is keyed by raw value: if the write is
+        # refused, its entries match nothing Redis holds and are never used.
+        self._memo.remember(delta)
+        return Folded(delta, unique, digests, dropped, now_s)
+
+    def start_all(self, parts: Sequence[Prepared], expected: Mapping[str, int]) -> asyncio.Future[dict[str, int]]:
+        """`apply_all` as a task whose writes start at the caller's next `await`.
+
+        Each group's write is a task of its own created here, so all of them run up to the
+        write's send before the caller resumes, rather than after the CPU work the caller
+        does next (the next batch's decode and fold).
+        """
+        writes = [asyncio.ensure_future(self.apply(p, expected)) for p in parts]
+        return asyncio.ensure_future(self._settled(writes))
+
+    async def apply_all(self, parts: Sequence[Prepared], expected: Mapping[str, int]) -> dict[str, int]:
         """Apply every group of a batch, concurrently, each in its own atomic write.
 
         All are awaited even when one fails, so nothing is still writing when the caller
         resyncs; then the first failure is raised (the groups that were applied are seen
         applied by the resync, which reads every offset from Redis).
         """
-        results = await asyncio.gather(
-            *(self.apply(p, expected, reads[j] if reads is not None else None) for j, p in enumerate(parts)),
-            return_exceptions=True,
-        )
+        return await self.start_all(parts, expected)
+
+    @staticmethod
+    async def _settled(writes: Sequence[asyncio.Future[dict[str, int]]]) -> dict[str, int]:
+        results = await asyncio.gather(*writes, return_exceptions=True)
         applied: dict[str, int] = {}
         failure: BaseException | None = None
         for r in results:
@@ -355,23 +466,21 @@ class BatchProcessor:
 
     @staticmethod
     def discard(prep: Prepared) -> None:
-        """Forget a prepared batch that will not be applied (a resync drops it): stop its Kafka sends.
+        """Forget a prepared batch that will not be applied (a resync drops it): stop its Kafka sends and read.
 
         Letters (and forwards) already acked stay in their topic; the batch's records are read
         and sent again (those topics are written at least once; the home group's dedupe drops
         a forwarded event's second copy).
         """
-        for sending in (prep.dead_lettered, prep.forwarded):
+        for sending in (prep.dead_lettered, prep.forwarded, prep.reading):
             if sending is not None:
                 sending.cancel()
 
-    async def apply(self, prep: Prepared, expected: Mapping[str, int], read: BatchRead | None = None) -> dict[str, int]:
-        """The I/O half: dead letters, then one atomic Redis write (plus the batch's read).
+    async def apply(self, prep: Prepared, expected: Mapping[str, int]) -> dict[str, int]:
+        """The I/O half: dead letters, then one atomic Redis write (with a read and fold first, unless folded ahead).
 
         The offset fence is each partition's `expected` value at this moment, so a
         batch prepared while the previous one was in flight fences correctly.
-        `read` may carry what the caller already read for this batch (`read_batch`):
-        the entity states and which of `prep.digests` are already recorded.
         """
         started = time.perf_counter()
         if not prep.ranges:
@@ -398,22 +507,21 @@ class BatchProcessor:
         # batch naming any id recorded since that read (another worker, after a
         # rebalance): then the batch drops them, reads again and folds again.
         earlier_dups = 0
+        folded = prep.folded
         while True:
-            now_s = time.time()
-            if read is None:
+            if folded is None:
+                now_s = time.time()
                 read = await self._read(prep.group, prep.entity_keys, digests, now_s)
-            if read.recorded:
-                earlier_dups += len(read.recorded)
-                unique, digests = _without(read.recorded, unique, digests)
-            delta = fold(unique, read.states, self._context(now_s, prep.group), self._memo)
+                folded = self._fold(prep.group, unique, digests, read, now_s)
+            earlier_dups += folded.dropped
+            unique, digests = folded.unique, folded.digests
             outcome = await self._retry(
-                lambda d=delta, f=digests, t=now_s: self.store.apply(prep.group, d, offsets, f, t, firsts, marks),
+                lambda f=folded: self.store.apply(prep.group, f.delta, offsets, f.digests, f.now_s, firsts, marks),
                 "redis write",
             )
             if outcome.ok:
-                self._memo.remember(delta)
                 break
-            read = None
+            folded = None
             self.metrics.conflicts.labels(outcome.conflict).inc()
             if outcome.conflict in ("offset", "gap"):
                 field, stored, *first = outcome.detail.split(" ")
@@ -424,6 +532,7 @@ class BatchProcessor:
                 earlier_dups += len(drop)
                 unique, digests = _without(drop, unique, digests)
             # else another worker changed one of these entities since we read: read again.
+        delta = prep.written = folded.delta
 
         m = self.metrics
         for kind, n in delta.processed.items():

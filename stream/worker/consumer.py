@@ -19,6 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -35,7 +36,7 @@ from stream.settings import Settings
 from stream.store import AsyncStore, Keys, LogMark
 from stream.store.connection import AsyncClient, async_client, describe_redis_error
 from stream.store.writer import lua_script
-from stream.worker.batch import _REDIS_DOWN, BatchProcessor, OffsetConflict, Span, Stopping, offset_field
+from stream.worker.batch import _REDIS_DOWN, BatchProcessor, OffsetConflict, Prepared, Span, Stopping, offset_field
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.repartition import Repartition
@@ -90,6 +91,15 @@ _RUNBOOK = "docs/runbooks.md"
 T = TypeVar("T")
 
 
+@dataclass
+class _Batch:
+    """A fetched batch in the pipeline: its partitions, its prepared groups, and its write once started."""
+
+    partitions: list[TopicPartition]
+    parts: list[Prepared]
+    write: asyncio.Future[dict[str, int]] | None = None
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: BatchConsumer) -> None:
         self.owner = owner
@@ -133,7 +143,8 @@ class BatchConsumer(Service):
         self._redis: AsyncClient | None = None
         self._processor: BatchProcessor | None = None
         self._store: AsyncStore | None = None
-        self._inflight: tuple[asyncio.Future[dict[str, int]], list[TopicPartition]] | None = None
+        self._inflight: _Batch | None = None  # the batch being written
+        self._next: _Batch | None = None  # the batch read ahead, to fold and write next
         self.batches = 0
         self.resyncs = 0
         self.last_progress = time.monotonic()  # when a batch was last applied (or the worker started)
@@ -274,7 +285,7 @@ class BatchConsumer(Service):
 
     async def _drain(self) -> None:
         async with self._lock:
-            await self._finish_inflight(resync=False)
+            await self._flush(resync=False)
             await self._commit()
 
     @Service.task
@@ -292,23 +303,27 @@ class BatchConsumer(Service):
                 raise
 
     async def _step(self) -> None:
-        """Fetch one batch, prepare it, wait for the previous one, and send this one's write."""
-        # Two batches in flight: while Redis runs batch N's atomic write, this
-        # step fetches and decodes batch N+1. Batch N+1 reads entity states and
-        # recorded digests, and fences offsets, only after N is acknowledged, so
-        # exactness is unchanged and N's ids are among those N+1 leaves out.
+        """Fetch a batch and send its read; fold the batch fetched before and write it after the one before."""
+        # Three batches in the pipeline. While Redis writes batch N-1, this step fetches
+        # and decodes batch N+1 and sends its read, then folds batch N, whose read was sent
+        # in the step before and has been answered meanwhile; N's write goes out once N-1 is
+        # acknowledged. The worker's CPU and Redis's thus work side by side, and no step
+        # waits for a read. Reads sent ahead take the states and ids of the batches not yet
+        # written from their folds (BatchProcessor.read_ahead); a write still fences its
+        # offsets and checks every state it changes, and a fold whose basis was refused is
+        # done again: exactness is unchanged (docs/delivery.md).
         assert self._consumer is not None and self._processor is not None
         consumer, processor = self._consumer, self._processor
         generation = self._generation
         try:
             batch = await consumer.getmany(
-                timeout_ms=0 if self._inflight else self.settings.batch_timeout_ms,
+                timeout_ms=0 if self._inflight or self._next else self.settings.batch_timeout_ms,
                 max_records=self.settings.batch_max_records,
             )
         except OffsetOutOfRangeError as exc:
             # The log no longer holds the position: retention deleted it, or the log went backwards.
             async with self._lock:
-                await self._finish_inflight(resync=False)
+                await self._flush(resync=False)
                 where = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
                 log.warning("fetch position outside the log on %s: checking the logs against Redis", _names(where))
                 await self._resync("a fetch position outside the log")
@@ -318,7 +333,7 @@ class BatchConsumer(Service):
             # (the group never committed it): seek now unless that resync ran meanwhile.
             async with self._lock:
                 if generation == self._generation:
-                    await self._finish_inflight(resync=False)
+                    await self._flush(resync=False)
                     await self._resync("a partition without a position")
             return
         async with self._lock:
@@ -326,25 +341,53 @@ class BatchConsumer(Service):
                 return  # fetched before a resync sought every partition: its records may not follow
             spans = await self._spans(batch)
             if spans is None:
-                await self._finish_inflight(resync=False)
+                await self._flush(resync=False)
                 await self._resync("a partition left during a fetch")
                 return
             batch = {tp: recs for tp, recs in batch.items() if tp in spans}
             prepared = processor.prepare(batch, self._expected, spans) if batch else []
             for part in prepared:
-                # Kafka acks this batch's dead letters and forwards while the previous batch is written.
+                # Kafka acks this batch's dead letters and forwards while the batches before are written.
                 processor.send_ahead(part)
-            if not await self._finish_inflight():
-                for part in prepared:
-                    processor.discard(part)
-                return  # resynced from Redis: every partition was sought again, this batch is stale
             prepared = [p for p in prepared if p.ranges]
-            if not prepared:
-                return
-            reads = await processor.read_all(prepared)
-            task = asyncio.ensure_future(processor.apply_all(prepared, self._expected, reads))
-            self._inflight = (task, list(batch))
-        await asyncio.sleep(0)  # let the write go out before decoding the next batch
+            if prepared:
+                below = [b.parts for b in (self._next, self._inflight) if b is not None]
+                processor.read_ahead(prepared, below)
+            current, self._next = self._next, _Batch(list(batch), prepared) if prepared else None
+            if not await self._write_next(current):
+                return  # resynced from Redis: every partition was sought again, what was fetched is stale
+        await asyncio.sleep(0)  # let the writes go out before decoding the next batch
+
+    async def _write_next(self, current: _Batch | None, resync: bool = True) -> bool:
+        """Fold `current` (read ahead), wait for the batch being written, then start `current`'s write.
+
+        False if Redis refused the batch being written: then `current` and the batch read
+        ahead after it are dropped (and, with `resync`, every partition is sought again).
+        """
+        assert self._processor is not None
+        processor = self._processor
+        if current is not None:
+            await processor.fold_read(current.parts)
+        if not await self._finish_inflight(resync):
+            for dropped in (current, self._next):
+                for part in dropped.parts if dropped is not None else ():
+                    processor.discard(part)
+            self._next = None
+            return False
+        if current is not None:
+            for part in current.parts:
+                processor.settle(part)
+            current.write = processor.start_all(current.parts, self._expected)
+            self._inflight = current
+        return True
+
+    async def _flush(self, resync: bool = True) -> bool:
+        """Write every batch the worker holds (the one read ahead, the one being written) and wait for both.
+
+        False if Redis refused one of them (then, with `resync`, resynced).
+        """
+        current, self._next = self._next, None
+        return await self._write_next(current, resync) and await self._finish_inflight(resync)
 
     async def _spans(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, Span] | None:
         """Each fetched partition's (cursor before, position after) the batch, moving the cursors.
@@ -374,8 +417,9 @@ class BatchConsumer(Service):
         """Wait for the batch in flight; False if Redis refused its offsets (then, with `resync`, resynced)."""
         if self._inflight is None:
             return True
-        task, partitions = self._inflight
+        task, partitions = self._inflight.write, self._inflight.partitions
         self._inflight = None
+        assert task is not None
         try:
             applied = await task
         except Stopping:
@@ -449,7 +493,7 @@ class BatchConsumer(Service):
         if self._store is None or self._consumer is None or not self._expected:
             return
         async with self._lock:
-            if not await self._finish_inflight():
+            if not await self._flush():
                 return
             fields = {f: n for f, n in self._expected.items() if n >= 0}
             try:
@@ -484,7 +528,7 @@ class BatchConsumer(Service):
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Finish the batch in flight, then commit what was applied for these partitions."""
         async with self._lock:
-            await self._finish_inflight(resync=False)
+            await self._flush(resync=False)
             await self._commit()
             self._generation += 1
             for tp in revoked:
@@ -509,6 +553,10 @@ class BatchConsumer(Service):
         Called with the lock held and nothing in flight.
         """
         assert self._consumer is not None and self._processor is not None
+        if self._next is not None:  # read ahead from positions about to be sought again
+            for part in self._next.parts:
+                self._processor.discard(part)
+            self._next = None
         self._generation += 1
         self.resyncs += 1
         consumer = self._consumer

@@ -121,8 +121,9 @@ def _duplicates(metrics: WorkerMetrics) -> float:
 async def _run(processor: BatchProcessor, batch: dict[Any, list[Any]], expected: dict[str, int]) -> None:
     """What the consumer does with one batch: prepare, read, write; `expected` follows Redis."""
     [prep] = processor.prepare(batch, expected)  # a single Redis: one partition group
-    read = await processor.read_batch(prep)
-    expected.update(await processor.apply(prep, expected, read))
+    processor.read_ahead([prep])
+    await processor.fold_read([prep])
+    expected.update(await processor.apply(prep, expected))
 
 
 async def test_a_redelivery_of_an_earlier_batch_is_left_out_before_the_fold_in_one_write(
@@ -147,7 +148,10 @@ async def test_a_redelivery_of_an_earlier_batch_is_left_out_before_the_fold_in_o
     assert prep.in_batch_duplicates == 0 and len(prep.digests) == len(mixed)
     read = await processor.read_batch(prep)
     assert sorted(read.recorded) == sorted(prep.digests.index(event_digest(e["event_id"])) for e in copies)
-    expected.update(await processor.apply(prep, expected, read))
+    processor.read_ahead([prep])
+    await processor.fold_read([prep])
+    assert prep.folded is not None and prep.folded.dropped == len(copies)
+    expected.update(await processor.apply(prep, expected))
 
     # Applied in one write: every refused write counts a conflict, and there was none.
     assert _conflicts(metrics) == {}
@@ -174,8 +178,9 @@ async def test_a_digest_recorded_after_the_read_is_still_refused_by_the_write(
 
     batch = events[half:]
     [prep] = first.prepare(log.batch(batch), expected)
-    read = await first.read_batch(prep)
-    assert read.recorded == frozenset()
+    first.read_ahead([prep])
+    await first.fold_read([prep])
+    assert prep.folded is not None and prep.folded.dropped == 0
     # The other worker applies a copy of some of these events from another partition (a producer
     # retry) — a joined entity's among them, so this batch's states are stale too.
     tickets = [e for e in batch if e["type"].startswith("ticket.")][:3]
@@ -183,13 +188,111 @@ async def test_a_digest_recorded_after_the_read_is_still_refused_by_the_write(
     await _run(other, other_log.batch(taken), other_expected)
     assert _conflicts(other_metrics) == {}
 
-    expected.update(await first.apply(prep, expected, read))
+    expected.update(await first.apply(prep, expected))
     assert _conflicts(first_metrics) == {"duplicate": 1}  # refused once, then applied without the copies
     assert _duplicates(first_metrics) == len(taken)
     _, live, _ = dedupe_slots(time.time(), settings.dedupe_horizon)
     for e in batch:
         recorded = [await redis.sismember(Keys(prefix).dedupe(s), event_digest(e["event_id"])) for s in live]
         assert sum(recorded) == 1  # every event recorded exactly once
+    offline = clean_settings(redis_key_prefix=prefix + "off")
+    await _offline(offline, redis, events)
+    now_s = time.time()
+    assert _figures(redis_url, settings, now_s) == _figures(redis_url, offline, now_s)
+
+
+def _with_copies(events: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`events` with exact copies of every tenth event of `earlier` interleaved."""
+    copies = earlier[::10]
+    return [x for pair in zip(events, copies, strict=False) for x in pair] + events[len(copies) :]
+
+
+async def test_batches_read_before_the_batches_below_them_are_folded_or_written_take_those_folds(
+    redis: aioredis.Redis, redis_url: str, prefix: str
+) -> None:
+    """The consumer's pipeline, in its most racy order: each batch is read before the two below it are written.
+
+    Batch 2 is read before batch 1 is folded, batch 3 before batch 1 is written. Later
+    batches answer tickets earlier ones opened, move their deals, and carry copies of their
+    events that Redis does not record yet: only the folds below can tell them those states
+    and ids. Were either missing, a write would be refused ('entity' or 'duplicate').
+    """
+    now = datetime.now(UTC)
+    events = _events(now)
+    settings = clean_settings(redis_key_prefix=prefix)
+    processor, metrics = _worker(settings, redis)
+    log, expected = _Log(settings), dict[str, int]()
+    third = len(events) // 3
+    one, two, three = events[:third], events[third : 2 * third], events[2 * third :]
+    [first] = processor.prepare(log.batch(one), expected)
+    processor.read_ahead([first])
+    [second] = processor.prepare(log.batch(_with_copies(two, one)), expected)
+    processor.read_ahead([second], [[first]])
+    await processor.fold_read([first])
+    [last] = processor.prepare(log.batch(_with_copies(three, one + two)), expected)
+    processor.read_ahead([last], [[second], [first]])
+    assert set(second.entity_keys) & first.key_set and set(last.entity_keys) & (first.key_set | second.key_set)
+    await processor.fold_read([second])
+
+    expected.update(await processor.apply_all([first], expected))
+    processor.settle(second)
+    assert second.folded is not None  # the batch below was written exactly as folded: this fold stands
+    await processor.fold_read([last])
+    expected.update(await processor.apply_all([second], expected))
+    processor.settle(last)
+    assert last.folded is not None
+    expected.update(await processor.apply_all([last], expected))
+
+    assert _conflicts(metrics) == {}
+    copies = len(one[::10]) + len((one + two)[::10])
+    assert _duplicates(metrics) == copies
+    assert second.folded.dropped + last.folded.dropped == copies
+    offline = clean_settings(redis_key_prefix=prefix + "off")
+    await _offline(offline, redis, events)
+    now_s = time.time()
+    assert _figures(redis_url, settings, now_s) == _figures(redis_url, offline, now_s)
+
+
+async def test_a_fold_ahead_over_a_batch_whose_write_was_refused_is_dropped_and_done_again(
+    redis: aioredis.Redis, redis_url: str, prefix: str
+) -> None:
+    """Batch 1 is refused once (another worker recorded copies of some of its events) and folded again:
+    the folds of batches 2 and 3 made over its first fold no longer hold, and are done afresh."""
+    now = datetime.now(UTC)
+    events = _events(now)
+    settings = clean_settings(redis_key_prefix=prefix)
+    processor, metrics = _worker(settings, redis)
+    other, _ = _worker(settings, redis)
+    log, other_log = _Log(settings, partition=0), _Log(settings, partition=1)
+    expected, other_expected = dict[str, int](), dict[str, int]()
+    third = len(events) // 3
+    one, two, three = events[:third], events[third : 2 * third], events[2 * third :]
+    [first] = processor.prepare(log.batch(one), expected)
+    processor.read_ahead([first])
+    [second] = processor.prepare(log.batch(_with_copies(two, one)), expected)
+    processor.read_ahead([second], [[first]])
+    await processor.fold_read([first])
+    [last] = processor.prepare(log.batch(_with_copies(three, one + two)), expected)
+    processor.read_ahead([last], [[second], [first]])
+    await processor.fold_read([second])
+    assert second.folded is not None
+
+    tickets = [e for e in one if e["type"].startswith("ticket.")][:3]
+    taken = list({e["event_id"]: e for e in [*one[:2], *tickets]}.values())
+    await _run(other, other_log.batch(taken), other_expected)
+    expected.update(await processor.apply_all([first], expected))
+    assert _conflicts(metrics) == {"duplicate": 1}
+    assert first.folded is not None and first.written is not first.folded.delta
+
+    processor.settle(second)
+    assert second.folded is None  # folded over batch 1's refused fold: apply reads and folds again
+    await processor.fold_read([last])
+    assert last.folded is None  # its basis holds a batch without a fold ahead
+    expected.update(await processor.apply_all([second], expected))
+    processor.settle(last)
+    expected.update(await processor.apply_all([last], expected))
+    assert _conflicts(metrics) == {"duplicate": 1}  # the later writes were not refused
+    assert _duplicates(metrics) == len(taken) + len(one[::10]) + len((one + two)[::10])
     offline = clean_settings(redis_key_prefix=prefix + "off")
     await _offline(offline, redis, events)
     now_s = time.time()

@@ -54,7 +54,11 @@ def test_a_small_memo_keeps_the_last_written_and_changes_nothing() -> None:
 
 
 def _after_a_refused_write(memo: FoldMemo | None) -> tuple[Any, ...]:
-    """Batch 1 written and remembered, batch 2 refused (Redis unchanged), batch 3 folded over the same states."""
+    """Batch 1 written, batch 2 refused (Redis unchanged), batch 3 folded over the same states.
+
+    The worker remembers each fold at once (the next batch is folded while it is written),
+    so the refused batch's states are in the memo too, under raw values Redis never held.
+    """
     first = fold([(e, to_us(e.occurred_at)) for e in BATCHES[0]], dict.fromkeys(entity_keys(BATCHES[0], CTX)), CTX)
     states = {key: new for key, (_, new) in first.entity_writes.items()}
     if memo is not None:
@@ -64,13 +68,16 @@ def _after_a_refused_write(memo: FoldMemo | None) -> tuple[Any, ...]:
         read = {k: states.get(k) for k in entity_keys(events, CTX)}
         return fold([(e, to_us(e.occurred_at)) for e in events], read, CTX, memo)
 
-    refused = fold_over_redis([answered("a", 40), answered("b", 35)])  # nothing is remembered
+    refused = fold_over_redis([answered("a", 40), answered("b", 35)])
+    if memo is not None:
+        memo.remember(refused)
     later = fold_over_redis([opened("a", 50), answered("b", 20), opened("c", 60)])
     return later.entity_writes, later.buckets, refused.entity_writes
 
 
 def test_a_refused_write_leaves_no_state_that_already_absorbed_its_batch() -> None:
-    """The fold updates the memo's states in place: a later batch over the same Redis state must not see them."""
+    """The fold updates the memo's states in place, and the refused batch was remembered: a later batch
+    over the same Redis state must not see them."""
     assert _after_a_refused_write(FoldMemo()) == _after_a_refused_write(None)
 
 
