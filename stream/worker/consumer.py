@@ -489,25 +489,29 @@ class BatchConsumer(Service):
 
         The batch fence sees it too, but only on a partition's next batch: an idle partition
         whose records Redis lost would stay missing (and its lag 0) until new records came.
+        Partitions of the batches in the pipeline are left out (their writes move their
+        offsets, and each write's fence checks them), so the pipeline keeps running.
         """
         if self._store is None or self._consumer is None or not self._expected:
             return
         async with self._lock:
-            if not await self._flush():
-                return
-            fields = {f: n for f, n in self._expected.items() if n >= 0}
+            owned = {f: n for f, n in self._expected.items() if n >= 0}
+            pipeline = [tp for b in (self._inflight, self._next) if b is not None for tp in b.partitions]
+            busy = {offset_field(tp.topic, tp.partition) for tp in pipeline}
+            fields = {f: n for f, n in owned.items() if f not in busy}
             try:
                 # One attempt: during an outage the batch path already waits for Redis.
-                stored = await asyncio.wait_for(self._store.load_offsets(fields), timeout=2.0)
+                stored = await asyncio.wait_for(self._store.load_offsets(fields), timeout=2.0) if fields else {}
                 # The readers' registry of groups is another key (another slot on a cluster): write
                 # it back should a failover or a restore have lost it (an idempotent SADD).
-                await asyncio.wait_for(self._store.register(self._store.keys.group_of(f) for f in fields), timeout=2.0)
+                await asyncio.wait_for(self._store.register(self._store.keys.group_of(f) for f in owned), timeout=2.0)
             except (TimeoutError, *_REDIS_DOWN):
                 return
             moved = sorted(f for f, n in fields.items() if stored.get(f) != n)
             if moved:
                 log.warning("Redis's applied offsets changed under this worker on %s", ", ".join(moved))
-                await self._resync("Redis's offsets changed")
+                if await self._flush():  # a resync starts with nothing in flight (else the flush resynced)
+                    await self._resync("Redis's offsets changed")
 
     @Service.timer(_RECHECK_BLOCKED_S)
     async def _recheck_blocked(self) -> None:

@@ -28,7 +28,7 @@ from stream.kpis import fold_rules
 from stream.settings import Settings
 from stream.store import AsyncStore, Keys, event_digest
 from stream.store.writer import dedupe_slots
-from stream.worker.batch import BatchProcessor
+from stream.worker.batch import BatchProcessor, Prepared
 from stream.worker.metrics import WorkerMetrics
 from tests.support.config import clean_settings
 
@@ -156,10 +156,7 @@ async def test_a_redelivery_of_an_earlier_batch_is_left_out_before_the_fold_in_o
     # Applied in one write: every refused write counts a conflict, and there was none.
     assert _conflicts(metrics) == {}
     assert _duplicates(metrics) == len(copies)
-    offline = clean_settings(redis_key_prefix=prefix + "off")
-    await _offline(offline, redis, events)
-    now_s = time.time()
-    assert _figures(redis_url, settings, now_s) == _figures(redis_url, offline, now_s)
+    await _assert_exact(redis, redis_url, settings, events)
 
 
 async def test_a_digest_recorded_after_the_read_is_still_refused_by_the_write(
@@ -195,10 +192,7 @@ async def test_a_digest_recorded_after_the_read_is_still_refused_by_the_write(
     for e in batch:
         recorded = [await redis.sismember(Keys(prefix).dedupe(s), event_digest(e["event_id"])) for s in live]
         assert sum(recorded) == 1  # every event recorded exactly once
-    offline = clean_settings(redis_key_prefix=prefix + "off")
-    await _offline(offline, redis, events)
-    now_s = time.time()
-    assert _figures(redis_url, settings, now_s) == _figures(redis_url, offline, now_s)
+    await _assert_exact(redis, redis_url, settings, events)
 
 
 def _with_copies(events: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -207,50 +201,63 @@ def _with_copies(events: list[dict[str, Any]], earlier: list[dict[str, Any]]) ->
     return [x for pair in zip(events, copies, strict=False) for x in pair] + events[len(copies) :]
 
 
-async def test_batches_read_before_the_batches_below_them_are_folded_or_written_take_those_folds(
-    redis: aioredis.Redis, redis_url: str, prefix: str
-) -> None:
-    """The consumer's pipeline, in its most racy order: each batch is read before the two below it are written.
+async def _three_read_ahead(
+    processor: BatchProcessor, log: _Log, events: list[dict[str, Any]]
+) -> tuple[list[list[dict[str, Any]]], list[Prepared]]:
+    """Three batches taken as the pipeline takes them, in its most racy order; batches 1 and 2 folded.
 
     Batch 2 is read before batch 1 is folded, batch 3 before batch 1 is written. Later
-    batches answer tickets earlier ones opened, move their deals, and carry copies of their
-    events that Redis does not record yet: only the folds below can tell them those states
-    and ids. Were either missing, a write would be refused ('entity' or 'duplicate').
+    batches answer tickets earlier ones opened, move their deals, and carry copies of every
+    tenth earlier event, which Redis does not record yet.
     """
-    now = datetime.now(UTC)
-    events = _events(now)
-    settings = clean_settings(redis_key_prefix=prefix)
-    processor, metrics = _worker(settings, redis)
-    log, expected = _Log(settings), dict[str, int]()
     third = len(events) // 3
     one, two, three = events[:third], events[third : 2 * third], events[2 * third :]
-    [first] = processor.prepare(log.batch(one), expected)
+    [first] = processor.prepare(log.batch(one), {})
     processor.read_ahead([first])
-    [second] = processor.prepare(log.batch(_with_copies(two, one)), expected)
+    [second] = processor.prepare(log.batch(_with_copies(two, one)), {})
     processor.read_ahead([second], [[first]])
     await processor.fold_read([first])
-    [last] = processor.prepare(log.batch(_with_copies(three, one + two)), expected)
+    [last] = processor.prepare(log.batch(_with_copies(three, one + two)), {})
     processor.read_ahead([last], [[second], [first]])
     assert set(second.entity_keys) & first.key_set and set(last.entity_keys) & (first.key_set | second.key_set)
     await processor.fold_read([second])
+    return [one, two, three], [first, second, last]
 
-    expected.update(await processor.apply_all([first], expected))
+
+async def _assert_exact(
+    redis: aioredis.Redis, redis_url: str, settings: Settings, events: list[dict[str, Any]]
+) -> None:
+    """Every series under `settings`' prefix equals the offline fold of `events` as one batch."""
+    offline = clean_settings(redis_key_prefix=settings.redis_key_prefix + "off")
+    await _offline(offline, redis, events)
+    now_s = time.time()
+    assert _figures(redis_url, settings, now_s) == _figures(redis_url, offline, now_s)
+
+
+async def test_batches_read_before_the_batches_below_them_are_folded_or_written_take_those_folds(
+    redis: aioredis.Redis, redis_url: str, prefix: str
+) -> None:
+    """Only the folds below can tell a batch read ahead the states and ids they write: were
+    either missing, a write would be refused ('entity' or 'duplicate')."""
+    events = _events(datetime.now(UTC))
+    settings = clean_settings(redis_key_prefix=prefix)
+    processor, metrics = _worker(settings, redis)
+    (one, two, _), (first, second, last) = await _three_read_ahead(processor, _Log(settings), events)
+
+    expected = await processor.apply_all([first], {})
     processor.settle(second)
     assert second.folded is not None  # the batch below was written exactly as folded: this fold stands
     await processor.fold_read([last])
     expected.update(await processor.apply_all([second], expected))
     processor.settle(last)
     assert last.folded is not None
-    expected.update(await processor.apply_all([last], expected))
+    await processor.apply_all([last], expected)
 
     assert _conflicts(metrics) == {}
     copies = len(one[::10]) + len((one + two)[::10])
     assert _duplicates(metrics) == copies
     assert second.folded.dropped + last.folded.dropped == copies
-    offline = clean_settings(redis_key_prefix=prefix + "off")
-    await _offline(offline, redis, events)
-    now_s = time.time()
-    assert _figures(redis_url, settings, now_s) == _figures(redis_url, offline, now_s)
+    await _assert_exact(redis, redis_url, settings, events)
 
 
 async def test_a_fold_ahead_over_a_batch_whose_write_was_refused_is_dropped_and_done_again(
@@ -258,29 +265,17 @@ async def test_a_fold_ahead_over_a_batch_whose_write_was_refused_is_dropped_and_
 ) -> None:
     """Batch 1 is refused once (another worker recorded copies of some of its events) and folded again:
     the folds of batches 2 and 3 made over its first fold no longer hold, and are done afresh."""
-    now = datetime.now(UTC)
-    events = _events(now)
+    events = _events(datetime.now(UTC))
     settings = clean_settings(redis_key_prefix=prefix)
     processor, metrics = _worker(settings, redis)
     other, _ = _worker(settings, redis)
-    log, other_log = _Log(settings, partition=0), _Log(settings, partition=1)
-    expected, other_expected = dict[str, int](), dict[str, int]()
-    third = len(events) // 3
-    one, two, three = events[:third], events[third : 2 * third], events[2 * third :]
-    [first] = processor.prepare(log.batch(one), expected)
-    processor.read_ahead([first])
-    [second] = processor.prepare(log.batch(_with_copies(two, one)), expected)
-    processor.read_ahead([second], [[first]])
-    await processor.fold_read([first])
-    [last] = processor.prepare(log.batch(_with_copies(three, one + two)), expected)
-    processor.read_ahead([last], [[second], [first]])
-    await processor.fold_read([second])
+    (one, two, _), (first, second, last) = await _three_read_ahead(processor, _Log(settings, partition=0), events)
     assert second.folded is not None
 
     tickets = [e for e in one if e["type"].startswith("ticket.")][:3]
     taken = list({e["event_id"]: e for e in [*one[:2], *tickets]}.values())
-    await _run(other, other_log.batch(taken), other_expected)
-    expected.update(await processor.apply_all([first], expected))
+    await _run(other, _Log(settings, partition=1).batch(taken), {})
+    expected = await processor.apply_all([first], {})
     assert _conflicts(metrics) == {"duplicate": 1}
     assert first.folded is not None and first.written is not first.folded.delta
 
@@ -290,10 +285,7 @@ async def test_a_fold_ahead_over_a_batch_whose_write_was_refused_is_dropped_and_
     assert last.folded is None  # its basis holds a batch without a fold ahead
     expected.update(await processor.apply_all([second], expected))
     processor.settle(last)
-    expected.update(await processor.apply_all([last], expected))
+    await processor.apply_all([last], expected)
     assert _conflicts(metrics) == {"duplicate": 1}  # the later writes were not refused
     assert _duplicates(metrics) == len(taken) + len(one[::10]) + len((one + two)[::10])
-    offline = clean_settings(redis_key_prefix=prefix + "off")
-    await _offline(offline, redis, events)
-    now_s = time.time()
-    assert _figures(redis_url, settings, now_s) == _figures(redis_url, offline, now_s)
+    await _assert_exact(redis, redis_url, settings, events)
