@@ -489,17 +489,13 @@ class BatchProcessor:
         firsts = {field: first for field, first, _, _ in prep.ranges}
         marks = {field: mark for field, _, _, mark in prep.ranges if mark}
         rejected, unique, digests = prep.rejected, prep.unique, prep.digests
-        # Dead letters are acked by Kafka before the batch's offsets are recorded
-        # in Redis: a crash in between re-sends them rather than losing them.
-        if rejected:
-            self.send_dead_letters(prep)  # unless the consumer started it already
-            assert prep.dead_lettered is not None
-            await prep.dead_lettered
-        # So are the events forwarded to their home partition (same rule, same reason).
-        if prep.forward:
-            self.send_forwards(prep)
-            assert prep.forwarded is not None
-            await prep.forwarded
+        # Dead letters, and events forwarded to their home partition, are acked by Kafka
+        # before the batch's offsets are recorded in Redis: a crash in between re-sends
+        # them rather than losing them.
+        self.send_ahead(prep)  # unless the consumer started the sends already
+        sends = [sending for sending in (prep.dead_lettered, prep.forwarded) if sending is not None]
+        if sends:
+            await asyncio.gather(*sends)
 
         # Repeats inside the batch were dropped by prepare; repeats of earlier batches
         # (redeliveries, another worker's copy) are answered by the read before the fold

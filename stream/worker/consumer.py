@@ -501,7 +501,7 @@ class BatchConsumer(Service):
             fields = {f: n for f, n in owned.items() if f not in busy}
             try:
                 # One attempt: during an outage the batch path already waits for Redis.
-                stored = await asyncio.wait_for(self._store.load_offsets(fields), timeout=2.0) if fields else {}
+                stored = await asyncio.wait_for(self._store.load_offsets(fields), timeout=2.0)
                 # The readers' registry of groups is another key (another slot on a cluster): write
                 # it back should a failover or a restore have lost it (an idempotent SADD).
                 await asyncio.wait_for(self._store.register(self._store.keys.group_of(f) for f in owned), timeout=2.0)
