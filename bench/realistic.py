@@ -307,6 +307,13 @@ def main() -> None:
                 ratios[f"{name}: after / before, per CPU-s"] = (
                     per_cpu[name]["median"] / per_cpu[name + "@before"]["median"]
                 )
+            # The two versions run one after the other on the same stream in each round: their
+            # ratio within a round is steadier than the ratio of the medians when the shared
+            # machine's speed moves between rounds (±20 % in runs of 2026-11-27).
+            result["paired"] = {
+                name: summary([a["rate"] / b["rate"] for a, b in zip(runs[name], runs[name + "@before"], strict=True)])
+                for name in workloads
+            }
         for mix in args.mixes.split(","):
             ratios[f"{mix}: redeliveries cost"] = 1 - med[f"{mix}-redeliv"] / med[f"{mix}-clean"]
         ratios["core-redeliv / decode ceiling"] = med[core_name] / med["decode"]
@@ -345,6 +352,8 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"{label:<58}{x['median']:>10,.0f}{x['min']:>10,.0f}{x['max']:>10,.0f}{per_cpu}  {conflicts}")
     for k, v in r["ratios"].items():
         print(f"{k:<58}{v:>10.2f}")
+    for name, x in r.get("paired", {}).items():
+        print(f"{name + ': after / before, paired by round':<58}{x['median']:>10.2f}{x['min']:>10.2f}{x['max']:>10.2f}")
     print(f"{'figures exact in every run':<58}{r['exact']!s:>10}")
     sc = r["scrape"]
     print(
