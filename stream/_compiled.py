@@ -31,6 +31,7 @@ from types import ModuleType
 __all__ = ["MODULES", "RECORD", "SHARED_LIBRARY", "compiled", "install"]
 
 MODULES: tuple[str, ...] = (
+    "stream.events.decode",
     "stream.events.entities",
     "stream.events.fold",
     "stream.events.windows",

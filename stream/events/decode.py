@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -13,7 +14,7 @@ from pydantic_core import ErrorDetails
 from schemas import EVENT_TYPES, MODELS, TOPIC_FAMILY, event_adapter, type_of
 from stream.events.windows import to_us
 
-__all__ = ["REASONS", "Decoded", "Rejection", "decode"]
+__all__ = ["REASONS", "Decoded", "Rejection", "decode", "decode_records"]
 
 REASONS: Final = (
     "invalid_json",
@@ -74,6 +75,50 @@ def decode(raw: bytes | None, family: str, now_us: int, max_bytes: int, max_skew
             "future_timestamp", f"occurred_at {ahead:.0f}s in the future (max skew {max_skew_us / 1e6:.0f}s)"
         )
     return event, t_us
+
+
+def decode_records(
+    records: Sequence[Any],
+    floor: int,
+    family: str,
+    now_us: int,
+    max_bytes: int,
+    max_skew_us: int,
+    valid: list[Decoded],
+    rejected: list[tuple[Any, Rejection]],
+    family_of: Callable[[Any], str] | None = None,
+    forwarded: Callable[[Any, Any], bool] | None = None,
+) -> tuple[int, int]:
+    """Decode one partition's consumer records (aiokafka's: `.offset`, `.value`) from offset `floor` on.
+
+    Valid events go to `valid`, the other records with their reason to `rejected`.
+    `family_of(record)`, when given, names each record's topic family instead of
+    `family` (the repartition topic's records keep the family they were read on);
+    `forwarded(record, event)` takes a valid event elsewhere when it returns True
+    (to its home partition, in cluster mode), leaving it out of `valid`.
+    Returns (offset of the last record decoded, newest occurred_at in µs of the
+    events in `valid`), -1 for none. The worker's per-record loop: compiled with
+    the fold, it costs ~0.3 µs a record instead of ~1 µs.
+    """
+    last = -1
+    newest = -1
+    for record in records:
+        offset: int = record.offset
+        if offset < floor:
+            continue
+        last = offset
+        if family_of is not None:
+            family = family_of(record)
+        out = decode(record.value, family, now_us, max_bytes, max_skew_us)
+        if isinstance(out, Rejection):
+            rejected.append((record, out))
+            continue
+        if forwarded is not None and forwarded(record, out[0]):
+            continue
+        valid.append(out)
+        if out[1] > newest:
+            newest = out[1]
+    return last, newest
 
 
 @dataclass(frozen=True, slots=True)

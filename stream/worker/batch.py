@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import redis.exceptions
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
-from stream.events.decode import Rejection, decode
+from stream.events.decode import Rejection, decode_records
 from stream.events.fold import BatchDelta, FoldContext, FoldMemo, entity_keys, fold
 from stream.events.windows import Window
 from stream.kafka.logs import Fingerprint
@@ -265,32 +265,18 @@ class BatchProcessor:
             internal = tp.topic == self._internal
             family = "" if internal else self._family[tp.topic]
             here = tp.partition if homes and not internal else -1
-            home_of = self._home_of
-            if len(home_of) > _HOME_CACHE:
-                home_of.clear()
-            last = -1
-            top = -1
-            for rec in records:
-                if rec.offset < floor:
-                    continue
-                last = rec.offset
-                if internal:
-                    family = self._source_family(rec)
-                out = decode(rec.value, family, now_us, max_bytes, self._max_skew_us)
-                if type(out) is tuple:
-                    if here >= 0:
-                        key = routing_key(out[0])
-                        home = home_of.get(key, -1)
-                        if home < 0:
-                            home = home_of[key] = home_partition(key, homes)
-                        if home != here:
-                            forward.append((rec, home, key))
-                            continue
-                    valid.append(out)
-                    if out[1] > top:
-                        top = out[1]
-                else:
-                    rejected.append((rec, out))  # type: ignore[arg-type]
+            last, top = decode_records(
+                records,
+                floor,
+                family,
+                now_us,
+                max_bytes,
+                self._max_skew_us,
+                valid,
+                rejected,
+                self._source_family if internal else None,
+                self._forwarder(here, forward) if here >= 0 else None,
+            )
             # Per partition, not per record: where the batch starts and ends, and its last record.
             mark = Fingerprint.of(records[-1]).encode() if last >= 0 else ""
             if spans is not None and tp in spans:
@@ -323,6 +309,24 @@ class BatchProcessor:
             group,
             forward=forward,
         )
+
+    def _forwarder(self, here: int, forward: list[Forward]) -> Callable[[Any, Any], bool]:
+        """`decode_records`' `forwarded` for partition `here`: an event homed elsewhere joins `forward`."""
+        homes, home_of = self._homes, self._home_of
+        if len(home_of) > _HOME_CACHE:
+            home_of.clear()
+
+        def forwarded(record: Any, event: Any) -> bool:
+            key = routing_key(event)
+            home = home_of.get(key, -1)
+            if home < 0:
+                home = home_of[key] = home_partition(key, homes)
+            if home == here:
+                return False
+            forward.append((record, home, key))
+            return True
+
+        return forwarded
 
     def _source_family(self, record: Any) -> str:
         """The family of the topic a repartition-topic record was first read on ("" if its header names none)."""

@@ -100,11 +100,15 @@ async def test_redis_restarted_from_an_older_snapshot_is_caught_up_exactly(
     events, stream = make_stream(34_000, seed=seed, now=now)
     published, more_published = stream[:31_000], stream[31_000:]
     env = _env(apache_kafka.bootstrap, own_redis.url, prefix)
-    ends = await _publish(env, published)
-    total = sum(ends.values())
+    await create_topics(settings_of(env))
+    total = len(published)
     log = tmp_path / "worker.log"
     client = aioredis.Redis.from_url(own_redis.url)
     worker = WorkerProcess(env, "worker", log).start()
+    # Published while the worker runs, slower than it applies: the SAVE and the kill land
+    # mid-stream however fast the worker is (given the whole stream up front, a fast worker
+    # could apply all of it between two polls, and the dump would then miss nothing).
+    producing = asyncio.ensure_future(produce_paced(apache_kafka.bootstrap, messages(env, published), rate=4_000))
     try:
         saved_at, killed_at = rnd.uniform(0.15, 0.4), rnd.uniform(0.55, 0.85)
         print(f"SAVE at {saved_at:.0%} applied, kill -9 and restart from it at {killed_at:.0%}")
@@ -113,11 +117,15 @@ async def test_redis_restarted_from_an_older_snapshot_is_caught_up_exactly(
         snapshot = await progress(client, prefix)
         await _reached(client, prefix, killed_at * total, f"{killed_at:.0%} applied (seed {seed})")
         lost = await progress(client, prefix) - snapshot
+        assert lost > 0, "records were applied after the SAVE: the restart must lose them"
         own_redis.kill()
         own_redis.restart()
         await client.aclose()
         client = aioredis.Redis.from_url(own_redis.url)
         assert 0 <= await progress(client, prefix) <= snapshot + 500 * 8  # the old dump (and a batch or so)
+        await producing
+        ends = await end_offsets(apache_kafka.bootstrap, settings_of(env).event_topics())
+        assert sum(ends.values()) == total
         await wait_for(lambda: applied(client, prefix, ends), 180, f"every record applied again (seed {seed})")
         assert_matches(await exporter_figures(env, tmp_path / "exporter.log"), expected(_unique_of(published), now))
         ops = worker_metrics(env)
@@ -140,6 +148,7 @@ async def test_redis_restarted_from_an_older_snapshot_is_caught_up_exactly(
         await wait_for(lambda: applied(client, prefix, want), 120, f"the idle partitions re-applied (seed {seed})")
         assert_matches(await exporter_figures(env, tmp_path / "exporter2.log"), expected(events, now))
     finally:
+        producing.cancel()
         worker.stop()
         await client.aclose()
 
@@ -464,6 +473,8 @@ async def test_workers_joining_and_leaving_under_load_end_with_no_lag(
             return set(lags) >= with_records and not any(lags.values())
 
         await wait_for(no_lag, 60, f"lag 0 on every partition (seed {seed})")
+        # The stream's oldest events leave the 1h window 300 s after `now` (make_stream).
+        print(f"{total} records applied and scraped {(datetime.now(UTC) - now).total_seconds():.0f}s after now")
         assert_matches(await exporter_figures(env, tmp_path / "exporter.log"), expected(events, now))
     finally:
         producing.cancel()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import event_adapter
-from stream.events.decode import Rejection, decode
+from stream.events.decode import Rejection, decode, decode_records
 
 NOW_US = 1_800_000_000 * 1_000_000
 BASE = {"event_id": "e1", "occurred_at": "2026-11-23T10:00:00+01:00", "customer_id": "c1", "deal_id": "d1"}
@@ -70,3 +74,55 @@ def test_a_refused_event_has_the_union_validators_first_error() -> None:
         first = refused.value.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
         assert _decode(case) == Rejection("invalid_fields", f"{where}: {first['msg']}"[:200]), case
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The two fields of aiokafka's ConsumerRecord that decoding reads."""
+
+    offset: int
+    value: bytes | None
+
+
+_VALUES = (
+    json.dumps({**BASE, "type": "deal.lost", "reason": "price"}).encode(),
+    json.dumps({**BASE, "type": "deal.lost", "event_id": "e2", "occurred_at": "2026-11-24T10:00:00Z"}).encode(),
+    json.dumps({**BASE, "type": "lead.created", "event_id": "e3"}).encode(),  # another topic's type
+    b"{not json",
+    None,
+)
+
+
+@given(st.lists(st.sampled_from(_VALUES), max_size=12), st.integers(-1, 13))
+def test_decoding_a_partition_is_decoding_each_record_from_the_floor_on(values: list[Any], floor: int) -> None:
+    records = [_Record(offset, value) for offset, value in enumerate(values)]
+    valid: list[Any] = []
+    rejected: list[Any] = []
+    last, newest = decode_records(records, floor, "deals", NOW_US, 65536, 300_000_000, valid, rejected)
+    outs = [(r, decode(r.value, "deals", NOW_US, 65536, 300_000_000)) for r in records if r.offset >= floor]
+    assert valid == [out for _, out in outs if not isinstance(out, Rejection)]
+    assert rejected == [(r, out) for r, out in outs if isinstance(out, Rejection)]
+    assert last == (outs[-1][0].offset if outs else -1)
+    assert newest == max((t_us for _, t_us in valid), default=-1)
+
+
+def test_a_partition_s_records_may_name_their_family_and_go_elsewhere() -> None:
+    """The repartition topic's records decode as read on their source topic; forwarded ones leave `valid`."""
+    records = [_Record(0, _VALUES[0]), _Record(1, _VALUES[1]), _Record(2, _VALUES[2])]
+    valid: list[Any] = []
+    rejected: list[Any] = []
+    forwarded: list[int] = []
+
+    def forward(record: Any, event: Any) -> bool:
+        if event.event_id == "e2":
+            forwarded.append(record.offset)
+            return True
+        return False
+
+    last, newest = decode_records(
+        records, 0, "", NOW_US, 65536, 300_000_000, valid, rejected, lambda record: "deals", forward
+    )
+    assert [event.event_id for event, _ in valid] == ["e1"]
+    assert forwarded == [1]
+    assert [(r.offset, out.reason) for r, out in rejected] == [(2, "wrong_topic")]
+    assert (last, newest) == (2, valid[0][1])
