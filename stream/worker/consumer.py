@@ -57,6 +57,8 @@ def redis_client(settings: Settings) -> AsyncClient:
 # fence it), so giving up loses nothing.
 _SHUTDOWN_S = 10.0
 _CLOSE_S = 5.0
+# An offset commit only feeds the lag figures: never wait longer for one.
+_COMMIT_TIMEOUT_S = 5.0
 # Start-up checks: outages back off up to this; failures needing an operator retry this often.
 _MAX_CHECK_BACKOFF_S = 30.0
 _PERMANENT_RETRY_S = 30.0
@@ -153,6 +155,7 @@ class BatchConsumer(Service):
         # Bumped by every resync: a batch fetched under an older generation is dropped.
         self._generation = 0
         self._to_commit: dict[TopicPartition, int] = {}
+        self._commit_failing = False  # the last commit failed (said once, not every second)
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -481,22 +484,42 @@ class BatchConsumer(Service):
 
     @Service.task
     async def _periodic_commit(self) -> None:
+        # Without the pipeline's lock: aiokafka retries a commit for as long as the group
+        # coordinator is unavailable (a broker restarting, its offsets topic loading), and
+        # the batches must not wait for what only feeds the lag figures.
         async for _ in self.itertimer(self.settings.commit_interval, name="commit"):  # CRM_KPI_COMMIT_INTERVAL
-            async with self._lock:
-                await self._commit()
+            await self._commit()
 
     async def _commit(self) -> None:
+        """Commit the offsets Redis applied (for lag monitoring); gives up after `_COMMIT_TIMEOUT_S`.
+
+        A failed or timed-out commit keeps its offsets for the next one, unless a resync or
+        a rebalance replaced them meanwhile.
+        """
         if not self._to_commit or self._consumer is None:
             return
+        consumer = self._consumer
         pending, self._to_commit = self._to_commit, {}
+        generation = self._generation
         try:
-            await self._consumer.commit({tp: OffsetAndMetadata(off, "") for tp, off in pending.items()})
+            await asyncio.wait_for(
+                consumer.commit({tp: OffsetAndMetadata(off, "") for tp, off in pending.items()}), _COMMIT_TIMEOUT_S
+            )
         except Exception as exc:  # Redis holds the truth; a failed commit only delays lag figures.
-            log.warning("offset commit failed (%s); Redis offsets remain authoritative", exc)
-            for tp, off in pending.items():
-                self._to_commit.setdefault(tp, off)
+            if not self._commit_failing:
+                reason = str(exc) or f"no answer within {_COMMIT_TIMEOUT_S:.0f}s"
+                log.warning("offset commit failed (%s); Redis offsets remain authoritative, retrying", reason)
+            self._commit_failing = True
+            if generation == self._generation:
+                owned = consumer.assignment()
+                for tp, off in pending.items():
+                    if tp in owned:
+                        self._to_commit.setdefault(tp, off)
         else:
-            owned = self._consumer.assignment()
+            if self._commit_failing:
+                log.warning("offset commits work again")
+            self._commit_failing = False
+            owned = consumer.assignment()
             for tp, off in pending.items():
                 if tp in owned:
                     self.metrics.committed[(tp.topic, tp.partition)] = off
