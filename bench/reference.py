@@ -129,13 +129,16 @@ def assert_matches(
     """Compare exporter series (of `windows` holding every event) with the oracle's figures, exactly."""
     import pytest
 
+    def series(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return name, tuple(sorted(labels.items()))
+
     def get(name: str, **labels: str) -> float:
-        return scraped[(name, tuple(sorted(labels.items())))]
+        return scraped[series(name, **labels)]
 
     # Every count that is off, not only the first: which types and windows tell a lost batch
     # (all types short) from a window edge (only the 1h window short).
     counts = {
-        (window, kind): (scraped.get(("crm_window_events", (("type", kind), ("window", window)))), n)
+        (window, kind): (scraped.get(series("crm_window_events", window=window, type=kind)), n)
         for window in windows
         for kind, n in want["types"].items()
     }

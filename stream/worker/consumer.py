@@ -510,11 +510,9 @@ class BatchConsumer(Service):
                 reason = str(exc) or f"no answer within {_COMMIT_TIMEOUT_S:.0f}s"
                 log.warning("offset commit failed (%s); Redis offsets remain authoritative, retrying", reason)
             self._commit_failing = True
-            if generation == self._generation:
-                owned = consumer.assignment()
+            if generation == self._generation:  # no resync or rebalance since: still this worker's offsets
                 for tp, off in pending.items():
-                    if tp in owned:
-                        self._to_commit.setdefault(tp, off)
+                    self._to_commit.setdefault(tp, off)
         else:
             if self._commit_failing:
                 log.warning("offset commits work again")
@@ -579,6 +577,7 @@ class BatchConsumer(Service):
             for tp in revoked:
                 self._expected.pop(offset_field(tp.topic, tp.partition), None)
                 self._cursor.pop(tp, None)
+                self._to_commit.pop(tp, None)  # put back by a periodic commit that failed meanwhile
                 self._blocked.pop(tp, None)
                 self.metrics.log_mismatch.pop((tp.topic, tp.partition), None)
                 self.metrics.history_gaps.pop((tp.topic, tp.partition), None)
