@@ -32,6 +32,7 @@ __all__ = ["MODULES", "RECORD", "SHARED_LIBRARY", "compiled", "install"]
 
 MODULES: tuple[str, ...] = (
     "stream.events.decode",
+    "stream.events.dedupe",
     "stream.events.entities",
     "stream.events.fold",
     "stream.events.windows",

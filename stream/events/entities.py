@@ -19,7 +19,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["Contribution", "EntityKind", "EntityState", "PackedState", "earlier"]
 
@@ -38,25 +38,44 @@ class Contribution:
         self.zmembers: set[tuple[str, str, float]] = set()  # (sorted set, member, score in unix s)
 
 
-class EntityState(Protocol):
-    """What the fold needs of a state: merge events, say what it contributes, encode itself.
+E = TypeVar("E", bound="EntityState")
+
+
+class EntityState:
+    """Base of every entity state: merge events, say what it contributes, encode itself.
 
     `absorb` merges an event into the state in place; `merge` returns the merged
     copy and leaves the state as it was. The fold copies a state once per batch
-    and absorbs each of the batch's events into the copy.
+    and absorbs each of the batch's events into the copy. A class rather than a
+    Protocol: compiled by mypyc, the fold then calls these methods directly
+    instead of looking each up by name (~7 calls per event).
     """
 
-    def merge(self, event: Any, t_us: int) -> EntityState: ...
+    def absorb(self, event: Any, t_us: int) -> None:
+        """Merge `event` (at t_us) into this state, in place (each subclass's rules)."""
+        raise NotImplementedError
 
-    def absorb(self, event: Any, t_us: int) -> None: ...
+    def copy(self: E) -> E:
+        """An equal state that absorbing into leaves this one as it is."""
+        raise NotImplementedError
 
-    def copy(self) -> Any: ...
+    def contribute(self, entity_id: str, config: Any) -> Contribution:
+        """What the state adds to the KPIs (`config`: the KPI settings)."""
+        raise NotImplementedError
 
-    def contribute(self, entity_id: str, config: Any) -> Contribution: ...
+    def encode(self) -> str:
+        """The state's text in Redis; canonical (one text per state), "" for the empty state."""
+        raise NotImplementedError
 
-    def encode(self) -> str: ...
+    def merge(self: E, event: Any, t_us: int) -> E:
+        """The state after `event` (at t_us); self is unchanged."""
+        new = self.copy()
+        new.absorb(event, t_us)
+        return new
 
-    def persistent(self) -> bool: ...
+    def persistent(self) -> bool:
+        """True when the state must outlive the state TTL (it holds open "current" figures)."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -84,7 +103,7 @@ def earlier(current: int | None, candidate: int) -> bool:
 S = TypeVar("S", bound="PackedState")
 
 
-class PackedState:
+class PackedState(EntityState):
     """Base of dataclass states made of optional ints and strings, encoded '|'-joined.
 
     Fields whose names end in `_us` (µs since the epoch, or a duration) or
@@ -123,20 +142,6 @@ class PackedState:
     def copy(self: S) -> S:
         cls = type(self)
         return cls(*_layout(cls).values(self))
-
-    def merge(self: S, event: Any, t_us: int) -> S:
-        """The state after `event` (at t_us); self is unchanged."""
-        new = self.copy()
-        new.absorb(event, t_us)
-        return new
-
-    def absorb(self, event: Any, t_us: int) -> None:
-        """Merge `event` (at t_us) into this state, in place (each subclass's rules)."""
-        raise NotImplementedError
-
-    def persistent(self) -> bool:
-        """True when the state must outlive the state TTL (it holds open "current" figures)."""
-        return False
 
 
 class _Layout:

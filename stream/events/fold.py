@@ -11,8 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +25,19 @@ __all__ = ["BatchDelta", "FoldContext", "FoldMemo", "FoldRules", "entity_keys", 
 class FoldRules:
     """What the fold counts, per event type (built by `stream.kpis.fold_rules` from the settings).
 
-    `counters`: the (field, increment) pairs an event adds at its time;
+    `type_fields`: the field every event of the type adds 1 to at its time;
+    `extra_counters`: for the types that count more (leads by source, …),
+    `extra(event, config)` gives the further (field, increment) pairs;
     `members`: the (distinct-count name, member) an event adds, for the types
     that have one; `kinds`: the entity kinds an event touches; `config`: what
-    each entity state's `contribute` receives (the KPI settings).
+    `extra_counters` and each entity state's `contribute` receive (the KPI settings).
     """
 
-    counters: Mapping[str, Callable[[Any], Iterable[tuple[str, int]]]]
-    members: Mapping[str, Callable[[Any], tuple[str, str]]]
-    kinds: Mapping[str, tuple[EntityKind, ...]]
+    # dicts, not Mappings: compiled, the fold's look-ups are then direct dict calls.
+    type_fields: dict[str, str]
+    extra_counters: dict[str, Callable[[Any, Any], Iterable[tuple[str, int]]]]
+    members: dict[str, Callable[[Any], tuple[str, str]]]
+    kinds: dict[str, tuple[EntityKind, ...]]
     config: Any
 
 
@@ -67,7 +70,7 @@ class BatchDelta:
     zadd: dict[tuple[str, str], float] = field(default_factory=dict)
     zrem: set[tuple[str, str]] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
-    processed: Counter[str] = field(default_factory=Counter)
+    processed: dict[str, int] = field(default_factory=dict)  # event type -> events folded
     late: int = 0
     newest_us: int | None = None
 
@@ -117,6 +120,17 @@ def entity_keys(events: Sequence[Any], ctx: FoldContext) -> list[str]:
     return list(out)
 
 
+class _Touched:
+    """An entity a batch touches: the state read, the state now, its id, and what the
+    state read contributes when the memo knows it (None: work it out)."""
+
+    def __init__(self, old: EntityState, new: EntityState, entity_id: str, known: Contribution | None) -> None:
+        self.old = old
+        self.new = new
+        self.entity_id = entity_id
+        self.known = known
+
+
 class _Buckets:
     """Collects (t_us, field, delta) items per fine bucket, then spreads them over the windows.
 
@@ -143,7 +157,7 @@ class _Buckets:
             widths = [w.bucket_seconds for w, start in zip(windows, starts, strict=True) if start <= since]
             self._tiers.append((since, math.gcd(*widths) * US))
         self._n_tiers = len(self._tiers)
-        self.fine: dict[tuple[int, str], int] = {}
+        self.fine: dict[int, dict[str, int]] = {}  # fine bucket -> counter -> value
         self.members: dict[tuple[int, str, str], int] = {}
         self._targets_of: dict[int, list[tuple[str, int, int]]] = {}
 
@@ -156,23 +170,33 @@ class _Buckets:
             tier += 1
         return t_us // tiers[tier][1] * self._n_tiers + tier
 
-    def add(self, t_us: int, items: Iterable[tuple[str, int]]) -> bool:
-        """Add items at event time t_us; False (nothing added) when t_us is late."""
+    def add(self, t_us: int, first: str, more: Iterable[tuple[str, int]] | None) -> bool:
+        """Add 1 to `first` and the (name, value) items of `more` at event time t_us.
+
+        False (nothing added) when t_us is late.
+        """
         if t_us < self.oldest_us:
             return False
-        m = self.key(t_us)
-        fine = self.fine
-        for name, value in items:
-            key = (m, name)
-            fine[key] = fine.get(key, 0) + value
+        counts = self._counts(t_us)
+        counts[first] = counts.get(first, 0) + 1
+        if more is not None:
+            for name, value in more:
+                counts[name] = counts.get(name, 0) + value
         return True
 
     def add_one(self, t_us: int, name: str, value: int) -> None:
         """Add one counter at event time t_us (late times are dropped)."""
         if t_us >= self.oldest_us:
-            key = (self.key(t_us), name)
-            fine = self.fine
-            fine[key] = fine.get(key, 0) + value
+            counts = self._counts(t_us)
+            counts[name] = counts.get(name, 0) + value
+
+    def _counts(self, t_us: int) -> dict[str, int]:
+        # Counters per fine bucket, keyed by name: no (bucket, name) tuple to build and hash per item.
+        m = self.key(t_us)
+        counts = self.fine.get(m)
+        if counts is None:
+            counts = self.fine[m] = {}
+        return counts
 
     def add_member(self, t_us: int, name: str, member: str, value: int) -> None:
         """Count `member` of distinct set `name` at t_us (late times are dropped)."""
@@ -197,31 +221,33 @@ class _Buckets:
     def spread(self, delta: BatchDelta) -> None:
         """Write the collected counters into each window's buckets (non-zero ones only)."""
         buckets, expire_at = delta.buckets, delta.expire_at
-        for (m, name), value in self.fine.items():
-            if not value:
-                continue
-            for label, k, expiry in self._targets(m):
-                key = (label, k)
-                target = buckets.get(key)
-                if target is None:
-                    target = buckets[key] = {}
-                    expire_at[key] = expiry
-                target[name] = target.get(name, 0) + value
+        for m, counts in self.fine.items():
+            targets = self._targets(m)
+            for name, value in counts.items():
+                if not value:
+                    continue
+                for label, k, expiry in targets:
+                    key = (label, k)
+                    target = buckets.get(key)
+                    if target is None:
+                        target = buckets[key] = {}
+                        expire_at[key] = expiry
+                    target[name] = target.get(name, 0) + value
         for (m, name, member), value in self.members.items():
             if not value:
                 continue
             for label, k, expiry in self._targets(m):
                 dkey = (label, k, name)
-                counts = delta.distinct.get(dkey)
-                if counts is None:
-                    counts = delta.distinct[dkey] = {}
+                member_counts = delta.distinct.get(dkey)
+                if member_counts is None:
+                    member_counts = delta.distinct[dkey] = {}
                     expire_at.setdefault((label, k), expiry)
-                counts[member] = counts.get(member, 0) + value
+                member_counts[member] = member_counts.get(member, 0) + value
 
 
 def fold(
     events: Sequence[tuple[Any, int]],
-    states: Mapping[str, str | None],
+    states: dict[str, str | None],
     ctx: FoldContext,
     memo: FoldMemo | None = None,
 ) -> BatchDelta:
@@ -238,19 +264,20 @@ def fold(
     delta = BatchDelta()
     buckets = _Buckets(ctx)
     rules = ctx.rules
-    counters_of, members_of, config = rules.counters, rules.members, rules.config
-    # key -> [state read, state now, entity id, what the state read contributes if the memo knows it]
-    touched: dict[str, list[Any]] = {}
+    type_fields, extras_of = rules.type_fields, rules.extra_counters
+    members_of, config = rules.members, rules.config
+    touched: dict[str, _Touched] = {}
     kinds = _kinds_with_prefix(rules, ctx.entity_prefix)
     processed = delta.processed
     newest = -1
     late = 0
     for ev, t_us in events:
         kind_name = ev.type
-        processed[kind_name] += 1
+        processed[kind_name] = processed.get(kind_name, 0) + 1
         if t_us > newest:
             newest = t_us
-        if not buckets.add(t_us, counters_of[kind_name](ev)):
+        extra = extras_of.get(kind_name)
+        if not buckets.add(t_us, type_fields[kind_name], None if extra is None else extra(ev, config)):
             late += 1
         members = members_of.get(kind_name)
         if members is not None:
@@ -262,11 +289,12 @@ def fold(
                 key = prefix + entity_id
                 seen = touched.get(key)
                 if seen is not None:
-                    seen[1].absorb(ev, t_us)  # the batch's own copy
+                    seen.new.absorb(ev, t_us)  # the batch's own copy
                     continue
                 raw = states.get(key)
                 hit = remembered.get(key)
                 known: Contribution | None
+                old: EntityState
                 if hit is not None and hit[0] == raw:
                     # The batch takes the memo's state and absorbs into it, no copy: what it
                     # contributed is known, so the old state is not needed again. The entry
@@ -280,11 +308,12 @@ def fold(
                     known = _NOTHING if raw is None else None  # an entity new to Redis contributed nothing
                     new = old.copy()  # `old` still has to say what it contributed
                 new.absorb(ev, t_us)
-                touched[key] = [old, new, entity_id, known]
+                touched[key] = _Touched(old, new, entity_id, known)
     delta.late = late
     delta.newest_us = newest if newest >= 0 else None
 
-    for key, (old, new, entity_id, known) in touched.items():
+    for key, entity in touched.items():
+        old, new, entity_id, known = entity.old, entity.new, entity.entity_id, entity.known
         # The raw value read is the old state's encoding (encode is canonical), so
         # an unchanged entity costs one encode and no write.
         stored = states.get(key)
@@ -332,7 +361,6 @@ _NOTHING = Contribution()  # shared, never modified
 
 
 def _apply_difference(delta: BatchDelta, buckets: _Buckets, old: Contribution, new: Contribution) -> None:
-    add = buckets.add_one
     added, removed = new.window, old.window
     # States mostly grow: what the old state contributed is usually the start of what the
     # new one does (a resolution after a first response), and only the rest needs adding.
@@ -340,9 +368,9 @@ def _apply_difference(delta: BatchDelta, buckets: _Buckets, old: Contribution, n
     if n and added[:n] == removed:
         added, removed = added[n:], []
     for t_us, name, value in added:
-        add(t_us, name, value)
+        buckets.add_one(t_us, name, value)
     for t_us, name, value in removed:
-        add(t_us, name, -value)
+        buckets.add_one(t_us, name, -value)
     if new.members or old.members:
         for t_us, name, member, value in new.members:
             buckets.add_member(t_us, name, member, value)

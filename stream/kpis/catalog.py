@@ -6,7 +6,6 @@ read-out and `Metric` row); this module only lists the domains.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -58,25 +57,14 @@ _QUERIES = (support.sorted_set_queries, commerce.sorted_set_queries, customers.s
 
 
 def fold_rules(config: KpiConfig) -> FoldRules:
-    """What the fold counts for each event type, with these settings bound."""
-    counters: dict[str, Callable[[Any], Iterable[tuple[str, int]]]] = {}
-    for event_type in EVENT_TYPES:
-        counters[event_type] = _counting(event_counts.EVENTS.field(event_type), _EVENT_COUNTERS.get(event_type), config)
+    """What the fold counts for each event type, with these settings."""
+    # Every event counts once under its type; some add domain counters (leads by source, …).
+    type_fields = {event_type: event_counts.EVENTS.field(event_type) for event_type in EVENT_TYPES}
     kinds: dict[str, tuple[EntityKind, ...]] = {}
     for kind in ENTITIES:
         for event_type in kind.types:
             kinds[event_type] = (*kinds.get(event_type, ()), kind)
-    return FoldRules(counters, dict(activity.EVENT_MEMBERS), kinds, config)
-
-
-def _counting(
-    type_field: str, extra: Callable[[Any, KpiConfig], Iterable[tuple[str, int]]] | None, config: KpiConfig
-) -> Callable[[Any], Iterable[tuple[str, int]]]:
-    """Every event counts once under its type; some add domain counters (leads by source, …)."""
-    own = ((type_field, 1),)
-    if extra is None:
-        return lambda event: own
-    return lambda event: itertools.chain(own, extra(event, config))
+    return FoldRules(type_fields, dict(_EVENT_COUNTERS), dict(activity.EVENT_MEMBERS), kinds, config)
 
 
 def sorted_set_queries(now_s: float, config: KpiConfig) -> dict[str, float]:

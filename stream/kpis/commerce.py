@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from stream.events.entities import Contribution, EntityKind, PackedState, earlier
+from stream.events.entities import Contribution, EntityKind, EntityState, PackedState, earlier
 from stream.events.windows import to_us
 from stream.kpis.customers import churn_ratio
 from stream.kpis.event_counts import events_of
@@ -162,7 +162,7 @@ _HISTORY_MAX = 200
 
 
 @dataclass
-class OrderHistory:
+class OrderHistory(EntityState):
     """One customer's recent orders (time, order id), for the interval between orders.
 
     Bounded: orders more than 410 days older than the customer's newest are
@@ -181,17 +181,8 @@ class OrderHistory:
             return cls()
         return cls(tuple((int(t), str(o)) for t, o in orjson.loads(raw)))
 
-    def persistent(self) -> bool:
-        return False
-
     def copy(self) -> OrderHistory:
         return OrderHistory(self.orders)  # a tuple: shared, never modified
-
-    def merge(self, event: Any, t_us: int) -> OrderHistory:
-        """The state after `event` (at t_us); self is unchanged."""
-        new = self.copy()
-        new.absorb(event, t_us)
-        return new
 
     def absorb(self, event: Any, t_us: int) -> None:
         """Merge an order placement into this history."""

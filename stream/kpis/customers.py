@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import orjson
 
-from stream.events.entities import Contribution, EntityKind, PackedState, earlier
+from stream.events.entities import Contribution, EntityKind, EntityState, PackedState, earlier
 from stream.kpis import churn_risk
 from stream.kpis.event_counts import events_of
 from stream.kpis.registry import Current, KpiConfig, Metric, Sample, SortedSet, Tally, Totals, one, ratio
@@ -72,7 +72,7 @@ _RISK_POINTS: Final = churn_risk.POINTS
 _RISK_TICKETS: Final = churn_risk.TICKETS
 
 
-class RiskState:
+class RiskState(EntityState):
     """One customer's churn-risk items of the last 30 days (before their newest) and churn.
 
     Items are keyed (a ticket by its id, a survey answer by its event id); a
@@ -135,21 +135,12 @@ class RiskState:
         churned, items = orjson.loads(raw)
         return cls(churned, [(t, code, key) for t, code, key in items])
 
-    def persistent(self) -> bool:
-        return False
-
     def copy(self) -> RiskState:
         """An equal state; O(1): both share the list and index until either is written."""
         new = RiskState(self.churned_us)
         new._items, new._index = self._items, self._index
         new._fixed, new._tickets = self._fixed, self._tickets
         new._owned = self._owned = False
-        return new
-
-    def merge(self, event: Any, t_us: int) -> RiskState:
-        """The state after `event` (at t_us); self is unchanged."""
-        new = self.copy()
-        new.absorb(event, t_us)
         return new
 
     def _count(self, code: str, sign: int) -> None:

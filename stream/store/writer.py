@@ -13,7 +13,6 @@ needs, since offsets are per partition.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import math
 import os
@@ -27,6 +26,7 @@ from typing import Any, cast
 import orjson
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from stream.events.dedupe import event_digest
 from stream.events.fold import BatchDelta
 from stream.kpis import UNPRUNED_SORTED_SETS
 from stream.store.connection import AsyncClient
@@ -51,11 +51,6 @@ _DEDUPE_SLOTS = 8
 def lua_script(name: str) -> str:
     """The text of one of the Lua scripts shipped in `stream/store/lua/`."""
     return resources.files("stream.store").joinpath(f"lua/{name}").read_text()
-
-
-def event_digest(event_id: str) -> bytes:
-    """16-byte digest of an event id: what the dedupe sets store (fixed size, ~56 B/id)."""
-    return hashlib.blake2b(event_id.encode(), digest_size=16).digest()
 
 
 def dedupe_slots(now_s: float, horizon_s: float) -> tuple[int, list[int], int]:

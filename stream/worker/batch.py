@@ -25,13 +25,14 @@ import redis.exceptions
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from stream.events.decode import Rejection, decode_records
+from stream.events.dedupe import first_copies
 from stream.events.fold import BatchDelta, FoldContext, FoldMemo, entity_keys, fold
 from stream.events.windows import Window
 from stream.kafka.logs import Fingerprint
 from stream.kafka.routing import home_partition, routing_key
 from stream.kpis import fold_rules
 from stream.settings import Settings
-from stream.store import AsyncStore, BatchRead, Keys, LogMark, event_digest
+from stream.store import AsyncStore, BatchRead, Keys, LogMark
 from stream.store.connection import describe_redis_error
 from stream.worker.dead_letters import DeadLetters
 from stream.worker.metrics import WorkerMetrics
@@ -287,15 +288,7 @@ class BatchProcessor:
                 ranges.append((field, floor if floor >= 0 else records[0].offset, last + 1, mark))
             if top >= 0:
                 newest[field] = top
-        digests: list[bytes] = []
-        unique: list[tuple[Any, int]] = []
-        index: set[bytes] = set()
-        for ev, t_us in valid:
-            d = event_digest(ev.event_id)
-            if d not in index:
-                index.add(d)
-                digests.append(d)
-                unique.append((ev, t_us))
+        unique, digests = first_copies(valid)
         ent_keys = entity_keys([ev for ev, _ in unique], self._context(time.time(), group))
         return Prepared(
             ranges,

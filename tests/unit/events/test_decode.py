@@ -126,3 +126,23 @@ def test_a_partition_s_records_may_name_their_family_and_go_elsewhere() -> None:
     assert forwarded == [1]
     assert [(r.offset, out.reason) for r, out in rejected] == [(2, "wrong_topic")]
     assert (last, newest) == (2, valid[0][1])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"deal.lost","event_id":"e1"}',
+        '{"event_id":"e1", "type" :\t"deal.lost"}',
+        '{"event_id":"e1",\n  "type"\r\n:\n "deal.lost"\n}',
+        '{"note":"a \\"type\\" in text","type": "deal.lost","event_id":"e1"}',
+        '{"meta":{"type":7},"x":{"type":"Deal.Lost"},"type":"deal.lost","event_id":"e1"}',
+    ],
+)
+def test_the_type_guess_reads_any_spacing_and_skips_what_names_no_model(text: str) -> None:
+    raw = json.loads(text) | {k: v for k, v in BASE.items() if k != "event_id"}
+    event, _ = _decode(raw)  # type: ignore[misc]
+    assert event.type == "deal.lost"
+    # The raw text as written (spacing, key order) goes through decode too.
+    body = text[:-1] + ", " + json.dumps({k: v for k, v in BASE.items() if k != "event_id"})[1:]
+    event, _ = decode(body.encode(), "deals", NOW_US, 65536, 300_000_000)  # type: ignore[misc]
+    assert event.type == "deal.lost"

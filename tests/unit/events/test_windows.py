@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.events.windows import US, Window, make_windows
+from stream.events.windows import US, Window, make_windows, to_us
 from stream.settings import parse_duration
 
 WINDOWS = st.sampled_from([60, 3600, 86400, 604800, 2592000, 300, 5400])
@@ -41,3 +43,17 @@ def test_bucket_expires_only_after_leaving_the_window(seconds: int, t_us: int) -
 @given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["s", "m", "h", "d"]))
 def test_parse_duration(n: int, unit: str) -> None:
     assert parse_duration(f"{n}{unit}") == n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.integers(min_value=-23 * 60, max_value=23 * 60),
+)
+def test_to_us_is_exact_whatever_the_offset(naive: datetime, offset_minutes: int) -> None:
+    # The model: integer arithmetic on the timedelta since the epoch.
+    zone = timezone(timedelta(minutes=offset_minutes))
+    moment = naive.replace(tzinfo=zone)
+    since = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    expected = (since.days * 86400 + since.seconds) * US + since.microseconds
+    assert to_us(moment) == expected
+    assert to_us(moment.astimezone(UTC)) == expected

@@ -16,12 +16,13 @@ from tests.support.config import kpi_config
 
 BY_NAME = {m.name: m for m in METRICS}
 SOURCES = frozenset({"web", "ads"})
-COUNTERS = fold_rules(kpi_config(lead_sources="web,ads")).counters
+RULES = fold_rules(kpi_config(lead_sources="web,ads"))
 
 
 def event_fields(event: E) -> list[tuple[str, int]]:
     """The counters one event adds at its time, as the fold sees them."""
-    return list(COUNTERS[event.type](event))
+    extra = RULES.extra_counters.get(event.type)
+    return [(RULES.type_fields[event.type], 1), *(extra(event, RULES.config) if extra else ())]
 
 
 def read(name: str, totals: dict[str, int]) -> dict[tuple[str, ...], float]:

@@ -203,8 +203,10 @@ def test_occurred_at_is_converted_to_utc(text: str, expected: datetime) -> None:
         ("2026-11-23T10:15Z", "rfc3339"),  # no seconds
         ("2026-11-23T10:15:30+0200", "rfc3339"),  # offset without colon
         ("2026-11-23T10:15:30+02", "rfc3339"),
-        ("2026-11-23T24:00:00Z", "datetime_from_date_parsing"),  # the right shape, not a time
-        ("2026-13-01T10:00:00Z", "datetime_from_date_parsing"),
+        ("2026-11-23T24:00:00Z", "value_error"),  # the right shape, not a time
+        ("2026-13-01T10:00:00Z", "value_error"),
+        ("2026-02-30T10:00:00Z", "value_error"),
+        ("2026-11-23T10:15:30+24:00", "value_error"),
         ("٢٠٢٦-11-23T10:15:30Z", "rfc3339"),  # non-ASCII digits
         ("", "rfc3339"),
         (None, "rfc3339"),
