@@ -43,6 +43,7 @@ from tests.support.harness import (
     settings_of,
     stack_env,
     stored_offsets,
+    unapplied_records,
     wait_for,
 )
 
@@ -473,6 +474,10 @@ async def test_workers_joining_and_leaving_under_load_end_with_no_lag(
             return set(lags) >= with_records and not any(lags.values())
 
         await wait_for(no_lag, 60, f"lag 0 on every partition (seed {seed})")
+        # Every offset is applied: so every event id must be recorded too. If not, this names
+        # the records lost (partition and offsets), to read against the workers' log.
+        lost = await unapplied_records(apache_kafka.bootstrap, redis, prefix, ends)
+        assert not lost, f"applied offsets cover records never applied (seed {seed}, log {log}): {lost}"
         # The stream's oldest events leave the 1h window 300 s after `now` (make_stream).
         print(f"{total} records applied and scraped {(datetime.now(UTC) - now).total_seconds():.0f}s after now")
         assert_matches(await exporter_figures(env, tmp_path / "exporter.log"), expected(events, now))

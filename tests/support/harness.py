@@ -265,3 +265,52 @@ async def applied(client: Any, prefix: str, ends: Mapping[TopicPartition, int]) 
     except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
         return False  # a restarted server still loading its data
     return all(stored.get(f"{tp.topic}:{tp.partition}", -1) >= end for tp, end in ends.items())
+
+
+async def unapplied_records(
+    bootstrap: str, client: Any, prefix: str, ends: Mapping[TopicPartition, int]
+) -> dict[str, str]:
+    """Records whose event id Redis never recorded as applied: 'topic:partition' -> their offset ranges.
+
+    Reads every record up to `ends` and looks its event id's digest up in every dedupe set
+    of the prefix. Empty when every event was applied; otherwise it names where a loss
+    happened, to read against the workers' logs.
+    """
+    import json
+
+    from stream.events.dedupe import event_digest
+
+    keys = Keys(prefix)
+    recorded: set[bytes] = set()
+    for group in await client.smembers(keys.registry):
+        async for key in client.scan_iter(match=f"{keys.group(int(group)).dedupe(0)[:-1]}*"):
+            recorded |= set(await client.smembers(key))
+    by_topic: dict[str, int] = {}
+    for tp, end in ends.items():
+        by_topic[tp.topic] = by_topic.get(tp.topic, 0) + end
+    missing: dict[str, list[int]] = {}
+    for topic, total in by_topic.items():
+        for record in await read_topic(bootstrap, topic, total):
+            if record.offset >= ends.get(TopicPartition(topic, record.partition), 0):
+                continue
+            try:
+                event_id = json.loads(record.value)["event_id"]
+            except (ValueError, KeyError, TypeError):
+                continue  # not an event: never recorded
+            if event_digest(event_id) not in recorded:
+                missing.setdefault(f"{topic}:{record.partition}", []).append(record.offset)
+    return {field: _ranges(sorted(offsets)) for field, offsets in sorted(missing.items())}
+
+
+def _ranges(offsets: list[int]) -> str:
+    """'3-7, 12' for [3, 4, 5, 6, 7, 12]."""
+    spans: list[str] = []
+    start = prev = offsets[0]
+    for offset in [*offsets[1:], None]:
+        if offset is not None and offset == prev + 1:
+            prev = offset
+            continue
+        spans.append(f"{start}-{prev}" if prev > start else str(start))
+        if offset is not None:
+            start = prev = offset
+    return ", ".join(spans)
