@@ -95,7 +95,8 @@ class WorkerProcess:
     """`crm-kpi worker` (or another crm-kpi command) as a child process with its own env."""
 
     def __init__(self, env: Mapping[str, str], command: str = "worker", log: Path | None = None) -> None:
-        self.env = {**os.environ, **env}
+        # Unbuffered: a child killed with -9 must not take its last log lines with it.
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self.command = command
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
