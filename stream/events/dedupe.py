@@ -33,7 +33,7 @@ def first_copies(valid: Sequence[tuple[Any, int]]) -> tuple[list[tuple[Any, int]
     # Untyped rows: compiled, a typed tuple would be unpacked and a new one built for `unique`.
     rows: Sequence[Any] = valid
     for item in rows:
-        digest = hashlib.blake2b(item[0].event_id.encode(), digest_size=16).digest()
+        digest = event_digest(item[0].event_id)  # a native call, compiled
         if digest not in seen:
             seen.add(digest)
             digests.append(digest)
