@@ -358,7 +358,8 @@ class BatchConsumer(Service):
             return
         async with self._lock:
             if generation != self._generation:
-                return  # fetched before a resync sought every partition: its records may not follow
+                self._give_back(batch)
+                return
             spans = await self._spans(batch)
             if spans is None:
                 await self._flush(resync=False)
@@ -409,6 +410,22 @@ class BatchConsumer(Service):
         """
         current, self._next = self._next, None
         return await self._write_next(current, resync) and await self._finish_inflight(resync)
+
+    def _give_back(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Drop a batch fetched across a resync, seeking its partitions back to their cursors.
+
+        The resync sought every partition and set its cursor while the fetch was under way, so
+        the records may be the ones the fetch read from the new positions: dropping them moved
+        the consumer past them, and the next batch's span, which starts at the cursor, would
+        claim them applied (the write's fence checks the start, not the records). Seeking back
+        costs a fetch when the records were older ones, fetched before the seek.
+        """
+        assert self._consumer is not None
+        owned = self._consumer.assignment()
+        for tp in batch:
+            cursor = self._cursor.get(tp)
+            if tp in owned and cursor is not None and tp not in self._blocked:
+                self._consumer.seek(tp, cursor)
 
     async def _spans(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, Span] | None:
         """Each fetched partition's (cursor before, position after) the batch, moving the cursors.
