@@ -6,7 +6,7 @@ every key and counter name they touch as arguments.
 
 from stream.store.keys import Keys
 from stream.store.reader import ReadCache, Snapshot, read_at_risk, read_snapshot
-from stream.store.writer import ApplyOutcome, AsyncStore, BatchRead, LogMark, event_digest
+from stream.store.writer import ApplyOutcome, AsyncStore, BatchRead, LogMark
 
 __all__ = [
     "ApplyOutcome",
@@ -16,7 +16,6 @@ __all__ = [
     "LogMark",
     "ReadCache",
     "Snapshot",
-    "event_digest",
     "read_at_risk",
     "read_snapshot",
 ]

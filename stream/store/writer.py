@@ -26,7 +26,6 @@ from typing import Any, cast
 import orjson
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from stream.events.dedupe import event_digest
 from stream.events.fold import BatchDelta
 from stream.kpis import UNPRUNED_SORTED_SETS
 from stream.store.connection import AsyncClient
@@ -39,7 +38,6 @@ __all__ = [
     "LogMark",
     "as_text",
     "dedupe_slots",
-    "event_digest",
     "lua_script",
 ]
 
@@ -230,7 +228,7 @@ class AsyncStore:
     ) -> BatchRead:
         """One partition group's read before its fold: entity states, and which digests are already recorded.
 
-        `digests` are 16-byte `event_digest`s; `now_s` (unix s) picks the live dedupe slots
+        `digests` are 16-byte `stream.events.event_digest`s; `now_s` (unix s) picks the live dedupe slots
         exactly as `apply` does, so a digest reported here is one `apply` would refuse (unless
         its slot expires in between: it is still a repeat within the horizon). A digest
         recorded after this read is still refused by `apply`. No round trip when both are

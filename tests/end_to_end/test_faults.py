@@ -29,7 +29,7 @@ from stream.devtools.servers import EmbeddedServer, start_redis
 from stream.kafka.topics import create_topics
 from stream.store.keys import Keys
 from tests.support.apache_kafka import ApacheKafka
-from tests.support.faults import TcpProxy, crm_kpi, log_lines, metric_sum, produce_paced, read_all, worker_metrics
+from tests.support.faults import TcpProxy, crm_kpi, log_lines, metric_sum, produce_paced, worker_metrics
 from tests.support.harness import (
     WorkerProcess,
     applied,
@@ -39,6 +39,7 @@ from tests.support.harness import (
     messages,
     produce,
     progress,
+    read_all,
     seed_of,
     settings_of,
     stack_env,

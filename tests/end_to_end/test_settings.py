@@ -23,8 +23,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.reference_catalog import Config, edge_free, expected
 from schemas import TOPIC_FAMILY
+from stream.events import event_digest
 from stream.kafka.topics import create_topics
-from stream.store import Keys, event_digest
+from stream.store import Keys
 from tests.support.harness import WorkerProcess, applied, produce, scrape, settings_of, stack_env, wait_for
 from tests.support.series import assert_series_match, kpi_series
 

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from tests.support.harness import ROOT, Scraped, scrape
 
 
@@ -37,30 +35,6 @@ def log_lines(path: Path, pattern: str, level: str = "ERROR") -> list[str]:
         return []
     rx = re.compile(pattern)
     return [line for line in path.read_text(errors="replace").splitlines() if f"[{level}]" in line and rx.search(line)]
-
-
-async def read_all(bootstrap: str, ends: Mapping[TopicPartition, int], timeout: float = 60) -> list[Any]:
-    """Every record from each partition's log start up to `ends` (fails on timeout)."""
-    wanted = {tp: end for tp, end in ends.items() if end > 0}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        consumer.assign(list(wanted))
-        await consumer.seek_to_beginning(*wanted)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        done: set[TopicPartition] = set()
-        while len(done) < len(wanted):
-            assert loop.time() < deadline, f"could not read back {sorted(set(wanted) - done)}"
-            for tp, recs in (await consumer.getmany(timeout_ms=200)).items():
-                records.extend(r for r in recs if r.offset < wanted[tp])
-                if recs and recs[-1].offset + 1 >= wanted[tp]:
-                    done.add(tp)
-                    consumer.pause(tp)
-    finally:
-        await consumer.stop()
-    return records
 
 
 def crm_kpi(env: Mapping[str, str], *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

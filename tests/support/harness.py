@@ -204,6 +204,30 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
     return records
 
 
+async def read_all(bootstrap: str, ends: Mapping[TopicPartition, int], timeout: float = 60) -> list[Any]:
+    """Every record from each partition's log start up to `ends` (fails on timeout)."""
+    wanted = {tp: end for tp, end in ends.items() if end > 0}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        consumer.assign(list(wanted))
+        await consumer.seek_to_beginning(*wanted)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        done: set[TopicPartition] = set()
+        while len(done) < len(wanted):
+            assert loop.time() < deadline, f"could not read back {sorted(set(wanted) - done)}"
+            for tp, recs in (await consumer.getmany(timeout_ms=200)).items():
+                records.extend(r for r in recs if r.offset < wanted[tp])
+                if recs and recs[-1].offset + 1 >= wanted[tp]:
+                    done.add(tp)
+                    consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return records
+
+
 async def stored_offsets(client: Any, prefix: str) -> dict[str, int]:
     """Every applied offset Redis holds ('topic:partition' -> next offset), over every partition group."""
     keys = Keys(prefix)
@@ -286,20 +310,14 @@ async def unapplied_records(
     for group in await client.smembers(keys.registry):
         async for key in client.scan_iter(match=f"{keys.group(int(group)).dedupe(0)[:-1]}*"):
             recorded |= set(await client.smembers(key))
-    by_topic: dict[str, int] = {}
-    for tp, end in ends.items():
-        by_topic[tp.topic] = by_topic.get(tp.topic, 0) + end
     missing: dict[str, list[int]] = {}
-    for topic, total in by_topic.items():
-        for record in await read_topic(bootstrap, topic, total):
-            if record.offset >= ends.get(TopicPartition(topic, record.partition), 0):
-                continue
-            try:
-                event_id = json.loads(record.value)["event_id"]
-            except (ValueError, KeyError, TypeError):
-                continue  # not an event: never recorded
-            if event_digest(event_id) not in recorded:
-                missing.setdefault(f"{topic}:{record.partition}", []).append(record.offset)
+    for record in await read_all(bootstrap, ends):
+        try:
+            event_id = json.loads(record.value)["event_id"]
+        except (ValueError, KeyError, TypeError):
+            continue  # not an event: never recorded
+        if event_digest(event_id) not in recorded:
+            missing.setdefault(f"{record.topic}:{record.partition}", []).append(record.offset)
     return {field: _ranges(sorted(offsets)) for field, offsets in sorted(missing.items())}
 
 

@@ -20,13 +20,14 @@ from aiokafka import TopicPartition
 from bench.reference_catalog import edge_free
 from bench.workload import Shape, make_realistic
 from schemas import TOPIC_FAMILY
+from stream.events import event_digest
 from stream.events.decode import decode
 from stream.events.fold import FoldContext, entity_keys, fold
 from stream.events.windows import make_windows
 from stream.exporter.collector import kpi_samples, snapshot
 from stream.kpis import fold_rules
 from stream.settings import Settings
-from stream.store import AsyncStore, Keys, event_digest
+from stream.store import AsyncStore, Keys
 from stream.store.writer import dedupe_slots
 from stream.worker.batch import BatchProcessor, Prepared
 from stream.worker.metrics import WorkerMetrics

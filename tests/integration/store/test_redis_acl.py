@@ -11,13 +11,14 @@ import redis
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from stream.events import event_digest
 from stream.events.fold import BatchDelta
 from stream.events.windows import make_windows
 from stream.kpis.activity import USERS
 from stream.kpis.customers import AT_RISK, EVER_ACQUIRED
 from stream.kpis.event_counts import events_of
 from stream.kpis.support import AWAITING_RESPONSE
-from stream.store import AsyncStore, Keys, event_digest, read_at_risk, read_snapshot
+from stream.store import AsyncStore, Keys, read_at_risk, read_snapshot
 from tests.support.config import kpi_config
 from tests.support.harness import ROOT
 

@@ -7,8 +7,9 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from stream.events import event_digest
 from stream.events.fold import BatchDelta
-from stream.store import AsyncStore, Keys, LogMark, event_digest
+from stream.store import AsyncStore, Keys, LogMark
 from stream.store.keys import BUCKET_TOKEN_FIELD
 from stream.store.writer import dedupe_slots
 
